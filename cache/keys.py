@@ -1,0 +1,62 @@
+"""Every Redis key and hash-field format of the cache; nothing else builds keys."""
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+"""Bumped when the cached JSON shape changes, so a deploy never reads older entries."""
+
+PREFIX = f"pf:{SCHEMA_VERSION}"
+GENERATION_SEPARATOR = ":g"
+LEASE_PREFIX = "lease|"
+NEGATIVE_MARKER = b"\x00"
+
+
+def profile_key(user_id: int) -> str:
+    """Hash holding a user's profile answer, one field per variant."""
+    # The {u:<id>} hash tag puts all of a user's keys in one Redis Cluster slot,
+    # which the generation-keyed Lua scripts rely on.
+    return f"{PREFIX}:{{u:{user_id}}}:profile"
+
+
+def generation_key(user_id: int) -> str:
+    """Counter naming the live generation of a creator's page hash."""
+    return f"{PREFIX}:{{u:{user_id}}}:gen"
+
+
+def pages_key(user_id: int) -> str:
+    """Base name of a creator's page hash (the live hash is `generation_hash_key(base, gen)`)."""
+    return f"{PREFIX}:{{u:{user_id}}}:pages"
+
+
+def generation_hash_key(base: str, generation: int | str | bytes) -> str:
+    """Concrete page hash for one generation (Lua builds the same name from GENERATION_SEPARATOR)."""
+    if isinstance(generation, bytes):
+        generation = generation.decode()
+    return f"{base}{GENERATION_SEPARATOR}{generation}"
+
+
+def page_field(page: int, page_size: int, variant: str = "") -> str:
+    """Hash field of one page of a listing for one variant (e.g. a public base URL)."""
+    return f"p{page}:s{page_size}|{variant}"
+
+
+def flyer_key(flyer_id: int) -> str:
+    """Hash holding one flyer's answer, one field per variant."""
+    return f"{PREFIX}:{{f:{flyer_id}}}:flyer"
+
+
+def lease_field(variant: str) -> str:
+    """Field holding the fill lease of `variant` in the same hash as its value."""
+    # Same hash as the value: deleting the key revokes value and lease atomically.
+    return LEASE_PREFIX + variant
+
+
+def stats_minute_key(epoch_minute: int) -> str:
+    """Per-minute counter hash shared by every process (fields `family|result`)."""
+    # One {stats} tag keeps the minute and total hashes in one slot, so a flush
+    # can be a MULTI/EXEC even on Redis Cluster.
+    return f"{PREFIX}:{{stats}}:m:{epoch_minute}"
+
+
+def stats_total_key() -> str:
+    """Since-start counter hash shared by every process (fields `family|result`)."""
+    return f"{PREFIX}:{{stats}}:total"

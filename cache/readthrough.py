@@ -1,0 +1,208 @@
+"""Read-through JSON cache with memcache-style leases (stale-set and stampede protection)."""
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Callable, Iterable
+
+import redis
+
+from .breaker import Breaker
+from .entries import NOT_FOUND, Entry, Loaded, from_loaded, from_stored
+from .keys import GENERATION_SEPARATOR, LEASE_PREFIX, lease_field
+from .pending import PendingInvalidations, split
+from .scripts import Scripts, queue_bump
+from .stats import CacheStats
+
+__all__ = ["NOT_FOUND", "Loaded", "Entry", "ReadThroughCache"]
+
+HIT, MISS, LEASE_WAIT, ERROR = "hit", "miss", "lease_wait", "error"
+STALE, LEASE_TIMEOUT = "stale", "lease_timeout"  # stats-only kinds of "miss": fill refused; waiter gave up
+_HIT, _WAIT = 1, 2  # LOOKUP script statuses (3: lease granted)
+
+
+def _new_token() -> str:
+    # os.urandom-based, so forked workers never share a token sequence.
+    return secrets.token_hex(8)
+
+
+class ReadThroughCache:
+    """Answers lookups from Redis hashes (one field per variant), filling misses under a lease."""
+
+    def __init__(self, client: redis.Redis, *, stats: CacheStats | None = None,
+                 breaker: Breaker | None = None, lease_ttl: float = 2.0,
+                 wait_timeout: float = 0.2, poll_interval: float = 0.005,
+                 clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep,
+                 token_factory: Callable[[], str] = _new_token,
+                 generation_ttl: float = 86400.0) -> None:
+        self.client = client
+        self.stats = stats if stats is not None else CacheStats()
+        self.breaker = breaker if breaker is not None else Breaker()
+        self._scripts = Scripts(client)
+        self._lease_ttl_ms = max(1, int(lease_ttl * 1000))
+        self._wait_timeout = wait_timeout
+        self._poll_interval = poll_interval
+        self._clock = clock
+        self._sleep = sleep
+        self._token_factory = token_factory
+        self._generation_ttl_ms = max(1, int(generation_ttl * 1000))
+        self._pending = PendingInvalidations()
+
+    def get_or_load(self, family: str, key: str, loader: Callable[[], Loaded], *,
+                    variant: str = "", generation_key: str | None = None) -> Entry:
+        """Answer from the cache, or call `loader` (and fill, if granted the lease); never raises a Redis error."""
+        if not self._usable():
+            return self._bypass(family, loader)
+        try:
+            if generation_key is None:
+                raw = self.client.hget(key, variant)
+                if raw is not None:
+                    self.breaker.record_success()
+                    self.stats.record(family, HIT)
+                    return from_stored(raw, HIT)
+                keys = [key]
+            else:
+                keys = [key, generation_key]
+            token = self._token_factory()
+            # A fill may land between the HGET above and this call: the script
+            # re-reads the value before granting a lease.
+            status, payload = self._scripts.lookup(keys=keys, args=[
+                variant, lease_field(variant), token, int(self._clock() * 1000),
+                self._lease_ttl_ms, GENERATION_SEPARATOR])
+        except redis.RedisError:
+            self.breaker.record_failure()
+            return self._bypass(family, loader)
+        self.breaker.record_success()
+        if status == _HIT:
+            self.stats.record(family, HIT)
+            return from_stored(payload, HIT)
+        if status == _WAIT:
+            return self._wait(family, payload, variant, loader)
+        return self._load_and_fill(family, payload, variant, token, loader)
+
+    def invalidate(self, *, keys: Iterable[str] = (), generations: Iterable[tuple[str, str]] = (),
+                   families: Iterable[str] = ()) -> bool:
+        """Delete `keys` and bump each `(generation_key, pages_base)`; False if queued for replay.
+
+        Deleting a hash removes its values and leases together, so any fill still in
+        flight for it is refused. Everything goes in one non-transactional pipeline.
+
+        If Redis cannot be reached, the invalidation is not dropped: it is kept in an
+        in-process queue, the breaker records a failure, and this process stops
+        reading the cache (lookups bypass it, result "error") until the queue has been
+        replayed; the next call that the breaker lets try Redis replays it first.
+        Limits: another process (or instance) may still read the entry this process
+        failed to invalidate once Redis is reachable again, until the replay lands or
+        the entry's ttl ends; a process that exits loses its queue (a durable outbox
+        is a later issue). A Redis restart without persistence loses the entries
+        anyway, so the queue only matters for network faults.
+        """
+        keys, generations = list(keys), list(generations)
+        for family in families:
+            self.stats.record_invalidation(family)
+        if not self.breaker.allow():
+            self._pending.add(keys, generations)
+            return False
+        queued = self._pending.snapshot()
+        queued_keys, queued_generations = split(queued)
+        try:
+            self._execute(queued_keys + keys, queued_generations + generations)
+        except redis.RedisError:
+            self._pending.add(keys, generations)
+            self.breaker.record_failure()
+            return False
+        self._pending.discard(queued)
+        self.breaker.record_success()
+        return True
+
+    def _usable(self) -> bool:
+        """Whether this lookup may use Redis: pending invalidations must be replayed first."""
+        if not self._pending:
+            return self.breaker.allow()
+        if not self.breaker.allow():
+            return False
+        queued = self._pending.snapshot()
+        try:
+            self._execute(*split(queued))
+        except redis.RedisError:
+            self.breaker.record_failure()
+            return False
+        self._pending.discard(queued)
+        self.breaker.record_success()
+        # Another invalidation may have failed meanwhile; stay off the cache until it lands.
+        return not self._pending
+
+    def _execute(self, keys: list[str], generations: list[tuple[str, str]]) -> None:
+        if not keys and not generations:
+            return
+        now_us = int(self._clock() * 1_000_000)
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.delete(key)  # one DEL per key: a multi-key DEL could span Cluster slots
+        for gen_key, base in generations:
+            queue_bump(pipe, gen_key, base, GENERATION_SEPARATOR, now_us, self._generation_ttl_ms)
+        pipe.execute()
+
+    def _load_and_fill(self, family: str, hash_key: bytes, variant: str, token: str,
+                       loader: Callable[[], Loaded]) -> Entry:
+        """Holder of the lease: load, then write only if the lease survived (no stale set)."""
+        try:
+            loaded = loader()
+            entry, stored = from_loaded(loaded, MISS)
+        except BaseException:
+            self._release(hash_key, variant, token)
+            raise
+        ttl_ms = int(loaded.ttl * 1000)
+        try:
+            if ttl_ms <= 0:  # not cacheable: just let the next reader have the lease
+                self._scripts.release(keys=[hash_key], args=[lease_field(variant), token])
+                filled = True
+            else:
+                filled = self._scripts.fill(keys=[hash_key], args=[
+                    variant, lease_field(variant), token, stored, ttl_ms, LEASE_PREFIX])
+        except redis.RedisError:
+            self.breaker.record_failure()
+            self.stats.record(family, ERROR)
+            return Entry(entry.body, entry.etag, ERROR)
+        self.breaker.record_success()
+        # Refused: an invalidation deleted the hash (and our lease) while we loaded,
+        # so what we loaded may predate the write; return it but never store it.
+        self.stats.record(family, MISS if filled else STALE)
+        return entry
+
+    def _wait(self, family: str, hash_key: bytes, variant: str,
+              loader: Callable[[], Loaded]) -> Entry:
+        """Another reader holds the lease: poll for its fill, else load without filling."""
+        deadline = self._clock() + self._wait_timeout
+        fields = (variant, lease_field(variant))
+        try:
+            while True:
+                self._sleep(self._poll_interval)
+                raw, lease = self.client.hmget(hash_key, fields)
+                if raw is not None:
+                    self.breaker.record_success()
+                    self.stats.record(family, LEASE_WAIT)
+                    return from_stored(raw, LEASE_WAIT)
+                # No value and no lease: the holder failed or an invalidation
+                # deleted the hash; waiting longer cannot help.
+                if lease is None or self._clock() >= deadline:
+                    break
+        except redis.RedisError:
+            self.breaker.record_failure()
+            return self._bypass(family, loader)
+        self.breaker.record_success()
+        self.stats.record(family, LEASE_TIMEOUT)
+        # Not the lease holder: filling could overwrite a fresher value.
+        return from_loaded(loader(), MISS)[0]
+
+    def _bypass(self, family: str, loader: Callable[[], Loaded]) -> Entry:
+        entry = from_loaded(loader(), ERROR)[0]
+        self.stats.record(family, ERROR)
+        return entry
+
+    def _release(self, hash_key: bytes, variant: str, token: str) -> None:
+        try:
+            self._scripts.release(keys=[hash_key], args=[lease_field(variant), token])
+        except redis.RedisError:
+            self.breaker.record_failure()  # best effort: the lease expires on its own

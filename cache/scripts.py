@@ -1,0 +1,97 @@
+"""Lua scripts of the lease protocol; each touches one hash tag, so one Cluster slot."""
+from __future__ import annotations
+
+import redis
+
+# Lease field value: "<expiry epoch ms>|<token>". The caller supplies `now` so
+# every process (and the tests' fake clock) agrees on one time base.
+
+LOOKUP = """
+local key = KEYS[1]
+if #KEYS > 1 then
+  -- The concrete page hash is not listed in KEYS; that is safe only because it
+  -- shares the generation key's hash tag (same Cluster slot).
+  key = key .. ARGV[6] .. (redis.call('GET', KEYS[2]) or '0')
+end
+local value = redis.call('HGET', key, ARGV[1])
+if value then return {1, value} end
+local now = tonumber(ARGV[4])
+local ttl = tonumber(ARGV[5])
+local lease = redis.call('HGET', key, ARGV[2])
+if lease then
+  local expires = tonumber(string.match(lease, '^(%d+)|'))
+  if expires and expires > now then return {2, key} end
+end
+local pttl = redis.call('PTTL', key)
+redis.call('HSET', key, ARGV[2], string.format('%d', now + ttl) .. '|' .. ARGV[3])
+-- A lease-only hash must not outlive its lease forever; raising a shorter
+-- expiry keeps the lease alive for its term (other variants gain at most that).
+if pttl < ttl then redis.call('PEXPIRE', key, ttl) end
+return {3, key}
+"""
+"""KEYS: hash (or pages base), [generation key]. ARGV: field, lease field, token,
+now ms, lease ttl ms, generation separator. Returns {1, value} on a hit, else
+{2, hash} when another reader holds a live lease or {3, hash} when granted."""
+
+FILL = """
+local lease = redis.call('HGET', KEYS[1], ARGV[2])
+if not lease then return 0 end
+local bar = string.find(lease, '|', 1, true)
+if not bar or string.sub(lease, bar + 1) ~= ARGV[3] then return 0 end
+local others = false
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if f ~= ARGV[1] and string.sub(f, 1, #ARGV[6]) ~= ARGV[6] then others = true break end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+redis.call('HDEL', KEYS[1], ARGV[2])
+local ttl = tonumber(ARGV[5])
+local pttl = redis.call('PTTL', KEYS[1])
+-- Another variant's value already set the hash's deadline; never extend it
+-- (its ttl may be time-aware), only shorten it.
+if not others or pttl < 0 or ttl < pttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+"""
+"""KEYS: hash. ARGV: field, lease field, token, value, ttl ms, lease prefix.
+Writes only while this token's lease is still in the hash; 1 if written."""
+
+RELEASE = """
+local lease = redis.call('HGET', KEYS[1], ARGV[1])
+if not lease then return 0 end
+local bar = string.find(lease, '|', 1, true)
+if bar and string.sub(lease, bar + 1) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"""
+"""KEYS: hash. ARGV: lease field, token. Drops the lease if it is still ours."""
+
+BUMP_GENERATION = """
+local current = redis.call('GET', KEYS[1]) or '0'
+redis.call('DEL', KEYS[2] .. ARGV[1] .. current)
+-- Never reuse a number: if the counter is evicted or expires, restarting from the
+-- clock (not 0) keeps an orphaned older page hash from becoming live again.
+local nextgen = math.max(tonumber(current) + 1, tonumber(ARGV[2]))
+redis.call('SET', KEYS[1], string.format('%d', nextgen), 'PX', ARGV[3])
+return nextgen
+"""
+"""KEYS: generation key, pages base. ARGV: generation separator, now in µs,
+generation ttl ms. Deletes the live page hash and advances the generation."""
+
+
+class Scripts:
+    """The lease scripts registered on one client (EVALSHA, reloaded after a SCRIPT FLUSH)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        # redis-py's Script retries with SCRIPT LOAD on NOSCRIPT, so a flushed
+        # script cache or a restarted Redis costs one extra round trip, not an error.
+        self.lookup = client.register_script(LOOKUP)
+        self.fill = client.register_script(FILL)
+        self.release = client.register_script(RELEASE)
+
+
+def queue_bump(pipe: redis.client.Pipeline, generation_key: str, pages_base: str,
+               separator: str, now_us: int, ttl_ms: int) -> None:
+    """Add a generation bump to `pipe` as a plain EVAL, so the pipeline stays one round trip."""
+    # Pipelined Script objects first send SCRIPT EXISTS (a second round trip);
+    # EVAL carries the (small) source and needs no script cache.
+    pipe.eval(BUMP_GENERATION, 2, generation_key, pages_base, separator, now_us, ttl_ms)

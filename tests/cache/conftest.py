@@ -1,0 +1,134 @@
+"""Fixtures of the cache tests: fakeredis and real Redis clients, a fake clock, loaders."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+
+from cache import Breaker, CacheStats, Loaded, ReadThroughCache, make_client
+
+REDIS_URL_TEST = os.environ.get("REDIS_URL_TEST", "redis://127.0.0.1:6379/15")
+
+
+class FakeClock:
+    """A settable clock whose sleep advances it (no real waiting)."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class CountingLoader:
+    """A loader returning a fixed value and counting its calls."""
+
+    def __init__(self, value: Any, ttl: float = 60.0) -> None:
+        self.value, self.ttl, self.calls = value, ttl, 0
+
+    def __call__(self) -> Loaded:
+        self.calls += 1
+        return Loaded(self.value, self.ttl)
+
+
+class CommandCounter:
+    """Records the name of every command a client sends."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.commands: list[str] = []
+        self._send = client.execute_command
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.commands.append(str(args[0]).upper())
+        return self._send(*args, **kwargs)
+
+
+@pytest.fixture
+def fake_server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def fake_client(fake_server: fakeredis.FakeServer) -> redis.Redis:
+    return fakeredis.FakeRedis(server=fake_server)
+
+
+@pytest.fixture
+def real_client() -> Iterator[redis.Redis]:
+    client = make_client(REDIS_URL_TEST, connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        client.ping()
+    except redis.RedisError as exc:  # fail, never skip: these tests must run
+        pytest.fail(f"test Redis at {REDIS_URL_TEST} is unreachable: {exc}")
+    client.flushdb()  # the test database only
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(params=["fake", "real"])
+def client(request: pytest.FixtureRequest) -> redis.Redis:
+    """The same test against fakeredis and against the real test Redis."""
+    return request.getfixturevalue(f"{request.param}_client")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def stats() -> CacheStats:
+    return CacheStats()
+
+
+@pytest.fixture
+def make_cache(clock: FakeClock, stats: CacheStats):
+    """Build a ReadThroughCache on a client with the fake clock (overridable)."""
+
+    def build(client: redis.Redis, **kwargs: Any) -> ReadThroughCache:
+        kwargs.setdefault("clock", clock)
+        kwargs.setdefault("sleep", clock.sleep)
+        kwargs.setdefault("stats", stats)
+        kwargs.setdefault("breaker", Breaker(clock=clock))
+        return ReadThroughCache(client, **kwargs)
+
+    return build
+
+
+@pytest.fixture
+def cache(client: redis.Redis, make_cache) -> ReadThroughCache:
+    return make_cache(client)
+
+
+@pytest.fixture
+def fake_cache(fake_client: redis.Redis, make_cache) -> ReadThroughCache:
+    return make_cache(fake_client)
+
+
+@pytest.fixture
+def counting_loader():
+    """Factory of loaders returning a fixed value and counting their calls."""
+    return CountingLoader
+
+
+@pytest.fixture
+def count_commands(monkeypatch: pytest.MonkeyPatch):
+    """Start counting the commands a client sends; returns the counter."""
+
+    def start(client: redis.Redis) -> CommandCounter:
+        counter = CommandCounter(client)
+        monkeypatch.setattr(client, "execute_command", counter)
+        return counter
+
+    return start
