@@ -1,0 +1,147 @@
+"""Redis faults: outages, an open breaker, queued invalidations, a flushed script cache."""
+import pytest
+
+from cache import Breaker, Loaded, keys
+
+pytestmark = pytest.mark.tdd_green
+
+PROFILE = keys.profile_key(5)
+GEN = keys.generation_key(5)
+PAGES = keys.pages_key(5)
+PAGE_1 = keys.page_field(1, 20, "")
+
+
+def test_a_hit_sends_exactly_one_redis_command(cache, client, count_commands, counting_loader):
+    cache.get_or_load("profile", PROFILE, counting_loader({"id": 5}))
+    counter = count_commands(client)
+
+    cache.get_or_load("profile", PROFILE, counting_loader({"id": 5}))
+
+    assert counter.commands == ["HGET"]
+
+
+def test_a_page_hit_sends_exactly_one_redis_command(cache, client, count_commands, counting_loader):
+    cache.get_or_load("pages", PAGES, counting_loader([1]), variant=PAGE_1, generation_key=GEN)
+    counter = count_commands(client)
+
+    entry = cache.get_or_load("pages", PAGES, counting_loader([1]), variant=PAGE_1, generation_key=GEN)
+
+    assert entry.result == "hit" and counter.commands == ["EVALSHA"]
+
+
+def test_lookups_answer_from_the_loader_when_redis_is_down(fake_cache, fake_server, counting_loader):
+    fake_server.connected = False
+
+    entry = fake_cache.get_or_load("profile", PROFILE, counting_loader({"id": 5}))
+
+    assert (entry.result, entry.body) == ("error", b'{"id":5}')
+
+
+def test_a_redis_error_reply_is_answered_from_the_loader(fake_cache, fake_client, counting_loader):
+    fake_client.set(PROFILE, b"not a hash")  # WRONGTYPE
+
+    entry = fake_cache.get_or_load("profile", PROFILE, counting_loader({"id": 5}))
+
+    assert (entry.result, entry.body) == ("error", b'{"id":5}')
+
+
+def test_an_outage_during_the_fill_still_returns_the_loaded_answer(fake_cache, fake_server):
+    def loader():
+        fake_server.connected = False
+        return Loaded({"id": 5}, 60)
+
+    entry = fake_cache.get_or_load("profile", PROFILE, loader)
+
+    assert (entry.result, entry.body) == ("error", b'{"id":5}')
+
+
+def test_an_open_breaker_skips_redis_entirely(make_cache, fake_client, fake_server, clock, count_commands,
+                                              counting_loader):
+    cache = make_cache(fake_client, breaker=Breaker(threshold=1, clock=clock))
+    fake_server.connected = False
+    cache.get_or_load("profile", PROFILE, counting_loader({"id": 5}))
+    fake_server.connected = True
+    counter = count_commands(fake_client)
+
+    entry = cache.get_or_load("profile", PROFILE, counting_loader({"id": 5}))
+
+    assert entry.result == "error" and counter.commands == []
+
+
+def test_the_cache_is_used_again_once_the_breaker_delay_has_passed(make_cache, fake_client, fake_server, clock,
+                                                                   counting_loader):
+    cache = make_cache(fake_client, breaker=Breaker(threshold=1, base_delay=0.5, clock=clock))
+    fake_server.connected = False
+    cache.get_or_load("profile", PROFILE, counting_loader({"id": 5}))
+    fake_server.connected = True
+    clock.advance(0.5)
+
+    entry = cache.get_or_load("profile", PROFILE, counting_loader({"id": 5}))
+
+    assert entry.result == "miss" and cache.breaker.state == "closed"
+
+
+def test_an_invalidation_while_redis_is_down_returns_false(fake_cache, fake_server):
+    fake_server.connected = False
+
+    assert fake_cache.invalidate(keys=[PROFILE], families=["profile"]) is False
+
+
+def test_reads_bypass_the_cache_until_a_queued_invalidation_is_replayed(make_cache, fake_client, fake_server,
+                                                                        clock, counting_loader):
+    cache = make_cache(fake_client, breaker=Breaker(threshold=1, clock=clock))
+    cache.get_or_load("profile", PROFILE, counting_loader({"name": "old"}))
+    fake_server.connected = False
+    cache.invalidate(keys=[PROFILE])
+    fake_server.connected = True  # back, but the breaker is still open
+
+    entry = cache.get_or_load("profile", PROFILE, counting_loader({"name": "new"}))
+
+    assert (entry.result, entry.body) == ("error", b'{"name":"new"}')
+    assert fake_client.exists(PROFILE)  # the old entry is still there, unread
+
+
+def test_a_queued_invalidation_is_replayed_before_the_next_lookup(fake_cache, fake_client, fake_server,
+                                                                  counting_loader):
+    fake_cache.get_or_load("profile", PROFILE, counting_loader({"name": "old"}))
+    fake_server.connected = False
+    fake_cache.invalidate(keys=[PROFILE])
+    fake_server.connected = True
+
+    entry = fake_cache.get_or_load("profile", PROFILE, counting_loader({"name": "new"}))
+
+    assert (entry.result, entry.body) == ("miss", b'{"name":"new"}')
+
+
+def test_a_queued_generation_bump_is_replayed_by_the_next_invalidation(fake_cache, fake_client, fake_server,
+                                                                       counting_loader):
+    fake_cache.get_or_load("pages", PAGES, counting_loader([1]), variant=PAGE_1, generation_key=GEN)
+    fake_server.connected = False
+    fake_cache.invalidate(generations=[(GEN, PAGES)])
+    fake_server.connected = True
+
+    ok = fake_cache.invalidate(keys=[keys.flyer_key(9)])
+
+    assert ok and fake_client.get(GEN) is not None
+    assert not fake_client.exists(keys.generation_hash_key(PAGES, 0))
+
+
+def test_a_failed_replay_keeps_the_invalidation_queued(fake_cache, fake_client, fake_server, counting_loader):
+    fake_cache.get_or_load("profile", PROFILE, counting_loader({"name": "old"}))
+    fake_server.connected = False
+    fake_cache.invalidate(keys=[PROFILE])
+    fake_cache.get_or_load("profile", PROFILE, counting_loader({"name": "x"}))  # replay fails
+    fake_server.connected = True
+
+    entry = fake_cache.get_or_load("profile", PROFILE, counting_loader({"name": "new"}))
+
+    assert entry.body == b'{"name":"new"}'
+
+
+def test_a_flushed_script_cache_is_reloaded_transparently(fake_cache, fake_client, counting_loader):
+    fake_cache.get_or_load("pages", PAGES, counting_loader([1]), variant=PAGE_1, generation_key=GEN)
+    fake_client.script_flush()
+
+    entry = fake_cache.get_or_load("pages", PAGES, counting_loader([2]), variant=PAGE_1, generation_key=GEN)
+
+    assert (entry.result, entry.body) == ("hit", b"[1]")
