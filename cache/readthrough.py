@@ -11,7 +11,7 @@ from .breaker import Breaker
 from .entries import NOT_FOUND, Entry, Loaded, from_loaded, from_stored
 from .keys import GENERATION_SEPARATOR, LEASE_PREFIX, lease_field
 from .pending import PendingInvalidations, split
-from .scripts import Scripts, queue_bump
+from .scripts import Scripts
 from .stats import CacheStats
 
 __all__ = ["NOT_FOUND", "Loaded", "Entry", "ReadThroughCache"]
@@ -134,14 +134,25 @@ class ReadThroughCache:
         return not self._pending
 
     def _execute(self, keys: list[str], generations: list[tuple[str, str]]) -> None:
+        """Send the deletions and generation bumps in one pipeline; raise on any Redis error."""
         if not keys and not generations:
             return
+        try:
+            self._send(keys, generations)
+        except redis.exceptions.NoScriptError:
+            # Every command is idempotent for our purpose (a bump twice is still a
+            # new generation), so resending the whole batch is safe.
+            self._scripts.load_bump()
+            self._send(keys, generations)
+
+    def _send(self, keys: list[str], generations: list[tuple[str, str]]) -> None:
         now_us = int(self._clock() * 1_000_000)
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
             pipe.delete(key)  # one DEL per key: a multi-key DEL could span Cluster slots
         for gen_key, base in generations:
-            queue_bump(pipe, gen_key, base, GENERATION_SEPARATOR, now_us, self._generation_ttl_ms)
+            self._scripts.queue_bump(pipe, gen_key, base, GENERATION_SEPARATOR, now_us,
+                                     self._generation_ttl_ms)
         pipe.execute()
 
     def _load_and_fill(self, family: str, hash_key: bytes, variant: str, token: str,

@@ -87,11 +87,15 @@ class Scripts:
         self.lookup = client.register_script(LOOKUP)
         self.fill = client.register_script(FILL)
         self.release = client.register_script(RELEASE)
+        self.bump = client.register_script(BUMP_GENERATION)
 
+    def queue_bump(self, pipe: redis.client.Pipeline, generation_key: str, pages_base: str,
+                   separator: str, now_us: int, ttl_ms: int) -> None:
+        """Add a generation bump to `pipe` as a bare EVALSHA (see `load_bump`)."""
+        # A Script passed to a pipeline first sends SCRIPT EXISTS, a second round
+        # trip; the caller instead reloads and retries on NOSCRIPT, which is rare.
+        pipe.evalsha(self.bump.sha, 2, generation_key, pages_base, separator, now_us, ttl_ms)
 
-def queue_bump(pipe: redis.client.Pipeline, generation_key: str, pages_base: str,
-               separator: str, now_us: int, ttl_ms: int) -> None:
-    """Add a generation bump to `pipe` as a plain EVAL, so the pipeline stays one round trip."""
-    # Pipelined Script objects first send SCRIPT EXISTS (a second round trip);
-    # EVAL carries the (small) source and needs no script cache.
-    pipe.eval(BUMP_GENERATION, 2, generation_key, pages_base, separator, now_us, ttl_ms)
+    def load_bump(self) -> None:
+        """Load the bump script after a NOSCRIPT (flushed script cache, restarted Redis)."""
+        self.bump.registered_client.script_load(BUMP_GENERATION)

@@ -145,3 +145,37 @@ def test_a_flushed_script_cache_is_reloaded_transparently(fake_cache, fake_clien
     entry = fake_cache.get_or_load("pages", PAGES, counting_loader([2]), variant=PAGE_1, generation_key=GEN)
 
     assert (entry.result, entry.body) == ("hit", b"[1]")
+
+
+def test_an_invalidation_is_one_pipeline_round_trip(cache, client, count_commands, monkeypatch):
+    cache.invalidate(generations=[(GEN, PAGES)])  # the first one loads the script (NOSCRIPT)
+    sent = []
+    make_pipeline = client.pipeline
+
+    def recording_pipeline(*args, **kwargs):
+        pipe = make_pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        def recording_execute(*a, **kw):
+            sent.append([str(command[0][0]).upper() for command in pipe.command_stack])
+            return execute(*a, **kw)
+
+        pipe.execute = recording_execute
+        return pipe
+
+    monkeypatch.setattr(client, "pipeline", recording_pipeline)
+    counter = count_commands(client)
+
+    assert cache.invalidate(keys=[PROFILE], generations=[(GEN, PAGES)])
+
+    assert sent == [["DEL", "EVALSHA"]] and counter.commands == []
+
+
+def test_an_invalidation_after_a_script_flush_still_bumps_the_generation(fake_cache, fake_client):
+    fake_cache.invalidate(generations=[(GEN, PAGES)])
+    first = int(fake_client.get(GEN))
+    fake_client.script_flush()
+
+    assert fake_cache.invalidate(generations=[(GEN, PAGES)])
+
+    assert int(fake_client.get(GEN)) > first
