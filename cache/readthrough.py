@@ -9,8 +9,8 @@ import redis
 
 from .breaker import Breaker
 from .entries import NOT_FOUND, Entry, Loaded, from_loaded, from_stored
+from .invalidation import Invalidator
 from .keys import GENERATION_SEPARATOR, LEASE_PREFIX, lease_field
-from .pending import PendingInvalidations, split
 from .scripts import Scripts
 from .stats import CacheStats
 
@@ -46,8 +46,8 @@ class ReadThroughCache:
         self._clock = clock
         self._sleep = sleep
         self._token_factory = token_factory
-        self._generation_ttl_ms = max(1, int(generation_ttl * 1000))
-        self._pending = PendingInvalidations()
+        self._invalidator = Invalidator(client, self._scripts, self.breaker, clock,
+                                        max(1, int(generation_ttl * 1000)))
 
     def get_or_load(self, family: str, key: str, loader: Callable[[], Loaded], *,
                     variant: str = "", generation_key: str | None = None) -> Entry:
@@ -98,62 +98,15 @@ class ReadThroughCache:
         is a later issue). A Redis restart without persistence loses the entries
         anyway, so the queue only matters for network faults.
         """
-        keys, generations = list(keys), list(generations)
         for family in families:
             self.stats.record_invalidation(family)
-        if not self.breaker.allow():
-            self._pending.add(keys, generations)
-            return False
-        queued = self._pending.snapshot()
-        queued_keys, queued_generations = split(queued)
-        try:
-            self._execute(queued_keys + keys, queued_generations + generations)
-        except redis.RedisError:
-            self._pending.add(keys, generations)
-            self.breaker.record_failure()
-            return False
-        self._pending.discard(queued)
-        self.breaker.record_success()
-        return True
+        return self._invalidator.invalidate(list(keys), list(generations))
 
     def _usable(self) -> bool:
-        """Whether this lookup may use Redis: pending invalidations must be replayed first."""
-        if not self._pending:
+        """Whether this lookup may use Redis: queued invalidations must be replayed first."""
+        if not self._invalidator.pending:
             return self.breaker.allow()
-        if not self.breaker.allow():
-            return False
-        queued = self._pending.snapshot()
-        try:
-            self._execute(*split(queued))
-        except redis.RedisError:
-            self.breaker.record_failure()
-            return False
-        self._pending.discard(queued)
-        self.breaker.record_success()
-        # Another invalidation may have failed meanwhile; stay off the cache until it lands.
-        return not self._pending
-
-    def _execute(self, keys: list[str], generations: list[tuple[str, str]]) -> None:
-        """Send the deletions and generation bumps in one pipeline; raise on any Redis error."""
-        if not keys and not generations:
-            return
-        try:
-            self._send(keys, generations)
-        except redis.exceptions.NoScriptError:
-            # Every command is idempotent for our purpose (a bump twice is still a
-            # new generation), so resending the whole batch is safe.
-            self._scripts.load_bump()
-            self._send(keys, generations)
-
-    def _send(self, keys: list[str], generations: list[tuple[str, str]]) -> None:
-        now_us = int(self._clock() * 1_000_000)
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.delete(key)  # one DEL per key: a multi-key DEL could span Cluster slots
-        for gen_key, base in generations:
-            self._scripts.queue_bump(pipe, gen_key, base, GENERATION_SEPARATOR, now_us,
-                                     self._generation_ttl_ms)
-        pipe.execute()
+        return self._invalidator.replay()
 
     def _load_and_fill(self, family: str, hash_key: bytes, variant: str, token: str,
                        loader: Callable[[], Loaded]) -> Entry:
