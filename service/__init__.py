@@ -1,0 +1,73 @@
+"""The profile service: a Flask application serving profiles and creators' flyer pages."""
+from __future__ import annotations
+
+import os
+import random
+from typing import Any, Mapping
+
+from flask import Flask
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_migrate import Migrate
+from werkzeug.routing import BaseConverter
+
+from cache import CacheStats, ReadThroughCache, make_client
+from models import base as models_base
+from models import db
+from service import invalidation
+from service.config import load_config
+from service.errors import register_error_handlers
+from service.extension import EXTENSION, Services
+from service.storage import LocalStorage
+
+MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
+
+
+class IdConverter(BaseConverter):
+    """A positive integer id that fits a 64-bit column; anything else is not a route (404)."""
+
+    regex = r"[1-9][0-9]{0,17}"
+
+    def to_python(self, value: str) -> int:
+        return int(value)
+
+    def to_url(self, value: Any) -> str:
+        return str(value)
+
+
+def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = None) -> Flask:
+    """Build the application; ``config`` overrides the environment, ``redis_client`` the cache's Redis."""
+    app = Flask(__name__)
+    app.config.update(load_config())
+    app.config.update(config or {})
+    app.url_map.strict_slashes = False
+    app.url_map.converters["id"] = IdConverter
+    app.json.sort_keys = False
+
+    db.init_app(app)
+    Migrate(app, db, directory=MIGRATIONS)
+    invalidation.listen()
+
+    client = redis_client if redis_client is not None else make_client(app.config["REDIS_URL"])
+    stats = CacheStats()
+    app.extensions[EXTENSION] = Services(
+        cache=ReadThroughCache(client, stats=stats),
+        stats=stats,
+        redis=client,
+        storage=LocalStorage(app.config["MEDIA_ROOT"]),
+        clock=app.config.get("CLOCK", models_base.utcnow),
+        rng=random.Random(),
+    )
+
+    from service import auth, flyers, health, media, openapi, profiles
+    limiter = Limiter(get_remote_address, app=app, enabled=app.config["RATE_LIMIT_ENABLED"],
+                      storage_uri=app.config["REDIS_URL"] or "memory://", headers_enabled=True,
+                      swallow_errors=True, key_prefix="pf-ratelimit")
+    limiter.limit(app.config["RATE_LIMIT_AUTH"])(auth.bp)
+    for blueprint in (auth.bp, profiles.bp, flyers.bp, media.bp, health.bp, openapi.bp):
+        app.register_blueprint(blueprint)
+    register_error_handlers(app)
+
+    from service.commands import register_commands
+    register_commands(app)
+    return app

@@ -1,0 +1,38 @@
+"""Every setting of the service, read from the environment in one place."""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Return the application settings from ``env`` (the process environment by default)."""
+    env = os.environ if env is None else env
+    database_url = env.get("DATABASE_URL", "sqlite:///profile-service.db")
+    if database_url.startswith("postgres://"):
+        database_url = "postgresql+psycopg://" + database_url[len("postgres://"):]
+    elif database_url.startswith("postgresql://"):
+        database_url = "postgresql+psycopg://" + database_url[len("postgresql://"):]
+    return {
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "REDIS_URL": env.get("REDIS_URL") or None,
+        "SECRET_KEY": env.get("SECRET_KEY", "dev-only-change-me"),
+        "JWT_TTL_SECONDS": int(env.get("JWT_TTL_SECONDS", "86400")),
+        "PASSWORD_HASH_METHOD": env.get("PASSWORD_HASH_METHOD", "scrypt"),
+        "MEDIA_ROOT": env.get("MEDIA_ROOT", os.path.abspath("media")),
+        "PUBLIC_BASE_URL": (env.get("PUBLIC_BASE_URL") or "").rstrip("/") or None,
+        "MAX_CONTENT_LENGTH": int(env.get("UPLOAD_MAX_REQUEST_BYTES", str(27 * 1024 * 1024))),
+        "PICTURE_MAX_BYTES": int(env.get("PICTURE_MAX_BYTES", str(5 * 1024 * 1024))),
+        "RATE_LIMIT_ENABLED": _bool(env.get("RATE_LIMIT_ENABLED", "true")),
+        "RATE_LIMIT_AUTH": env.get("RATE_LIMIT_AUTH", "10 per minute"),
+        "CACHE_DEFAULT_TTL": float(env.get("CACHE_DEFAULT_TTL", "300")),
+        "CACHE_TTL_JITTER": float(env.get("CACHE_TTL_JITTER", "0.1")),
+        "CACHE_NEGATIVE_TTL": float(env.get("CACHE_NEGATIVE_TTL", "5")),
+        "CACHE_STATS_FLUSH_SECONDS": float(env.get("CACHE_STATS_FLUSH_SECONDS", "1")),
+        "DB_RETRY_AFTER_SECONDS": int(env.get("DB_RETRY_AFTER_SECONDS", "5")),
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+    }

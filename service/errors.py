@@ -1,0 +1,118 @@
+"""API errors and the one place that turns every failure into the contract's JSON."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, current_app
+from marshmallow import ValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from werkzeug.exceptions import HTTPException
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An error answered to the client with ``status`` and ``{"error", "details"}``."""
+
+    status = 400
+
+    def __init__(self, message: str, details: dict[str, list[str]] | None = None,
+                 *, status: int | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+        self.headers = headers or {}
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(APIError):
+    status = 400
+
+
+class Unauthorized(APIError):
+    status = 401
+
+
+class Forbidden(APIError):
+    status = 403
+
+
+class NotFound(APIError):
+    status = 404
+
+
+class Conflict(APIError):
+    status = 409
+
+
+class UnsupportedMediaType(APIError):
+    status = 415
+
+
+class ServiceUnavailable(APIError):
+    status = 503
+
+
+def error_response(status: int, message: str, details: dict[str, Any] | None = None,
+                   headers: dict[str, str] | None = None) -> Response:
+    """Build the contract's JSON error answer."""
+    body = orjson.dumps({"error": message, "details": details or {}})
+    response = Response(body, status=status, mimetype="application/json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _flatten(messages: Any) -> dict[str, list[str]]:
+    if isinstance(messages, list):
+        return {"_schema": [str(m) for m in messages]}
+    details: dict[str, list[str]] = {}
+    for field, value in messages.items():
+        if isinstance(value, dict):
+            for sub, sub_messages in _flatten(value).items():
+                details[f"{field}.{sub}" if sub != "_schema" else str(field)] = sub_messages
+        elif isinstance(value, list):
+            details[str(field)] = [str(m) for m in value]
+        else:
+            details[str(field)] = [str(value)]
+    return details
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Answer every error, expected or not, as JSON."""
+
+    @app.errorhandler(APIError)
+    def api_error(error: APIError) -> Response:
+        return error_response(error.status, error.message, error.details, error.headers)
+
+    @app.errorhandler(ValidationError)
+    def validation_error(error: ValidationError) -> Response:
+        return error_response(400, "Invalid input", _flatten(error.messages))
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        headers = {}
+        if error.code == 405 and error.valid_methods:
+            headers["Allow"] = ", ".join(error.valid_methods)
+        retry_after = error.response.headers.get("Retry-After") if error.response else None
+        if error.code == 429:
+            headers["Retry-After"] = retry_after or "60"
+        messages = {413: "Request body too large", 404: "Not found", 405: "Method not allowed",
+                    429: "Too many requests", 415: "Unsupported media type"}
+        return error_response(error.code or 500, messages.get(error.code, error.name), None, headers)
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def database_down(error: Exception) -> Response:
+        log.warning("database unavailable: %s", error)
+        retry = str(current_app.config["DB_RETRY_AFTER_SECONDS"])
+        return error_response(503, "Database unavailable, try again later", None, {"Retry-After": retry})
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, "Internal server error")

@@ -1,0 +1,29 @@
+"""Per-application state: the cache, storage and clock every view reaches through ``services()``."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable
+
+from flask import current_app
+
+from cache import CacheStats, ReadThroughCache
+from service.storage import LocalStorage
+
+EXTENSION = "profile_service"
+
+
+@dataclass
+class Services:
+    cache: ReadThroughCache
+    stats: CacheStats
+    redis: Any
+    storage: LocalStorage
+    clock: Callable[[], datetime]
+    rng: random.Random = field(default_factory=random.Random)
+
+
+def services() -> Services:
+    """Return the current application's services."""
+    return current_app.extensions[EXTENSION]

@@ -1,0 +1,73 @@
+"""Flyer endpoints: a creator's pages (cached), one flyer (cached), create, edit, delete."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, request, url_for
+
+from service import writes
+from service.auth import caller_id
+from service.errors import BadRequest, NotFound
+from service.extension import services
+from models import queries
+from service.http import base_url, cached_answer, json_body, json_response, require_multipart
+from service.reads import read_creator_page, read_flyer
+from service.representations import flyer_json
+from service.schemas import FlyerFieldsSchema, PageArgsSchema
+
+bp = Blueprint("flyers", __name__, url_prefix="/api/v1")
+
+MAX_IMAGES = 5
+IMAGE_FIELDS = [f"image_{number}" for number in range(1, MAX_IMAGES + 1)]
+
+
+@bp.get("/users/<id:user_id>/flyers")
+def list_creator_flyers(user_id: int) -> Response:
+    args = PageArgsSchema().load(request.args)
+    entry = read_creator_page(user_id, args["page"], args["page_size"], base_url())
+    return cached_answer(entry, "User not found" if args["page"] == 1 else "Page not found")
+
+
+@bp.get("/flyers/<id:flyer_id>")
+def get_flyer(flyer_id: int) -> Response:
+    return cached_answer(read_flyer(flyer_id, base_url()), "Flyer not found")
+
+
+@bp.post("/flyers")
+def create_flyer() -> Response:
+    creator = caller_id()
+    require_multipart()
+    unexpected = [name for name in request.files if name not in IMAGE_FIELDS]
+    if unexpected:
+        raise BadRequest("Invalid input", {name: ["Unknown field."] for name in unexpected})
+    fields = FlyerFieldsSchema().load(request.form.to_dict())
+    limit = current_app.config["PICTURE_MAX_BYTES"] + 1
+    images = [request.files[name].stream.read(limit) for name in IMAGE_FIELDS if name in request.files]
+    flyer_id = writes.create_flyer(creator, fields, images, services().clock())
+    response = _written_flyer(flyer_id)
+    response.status_code = 201
+    response.headers["Location"] = f"{base_url()}{url_for('flyers.get_flyer', flyer_id=flyer_id)}"
+    return response
+
+
+@bp.patch("/flyers/<id:flyer_id>")
+def update_flyer(flyer_id: int) -> Response:
+    caller = caller_id()
+    changes = FlyerFieldsSchema(partial=True).load(json_body())
+    writes.update_flyer(flyer_id, caller, changes)
+    return _written_flyer(flyer_id)
+
+
+@bp.delete("/flyers/<id:flyer_id>")
+def delete_flyer(flyer_id: int) -> Response:
+    writes.delete_flyer(flyer_id, caller_id())
+    return Response(status=204)
+
+
+def _written_flyer(flyer_id: int) -> Response:
+    """Answer a flyer just written, valid now or not (its window may start later or have passed)."""
+    entry = read_flyer(flyer_id, base_url())
+    if entry.body is not None:
+        return cached_answer(entry, "Flyer not found")
+    flyer = queries.get_flyer(flyer_id)
+    if flyer is None:
+        raise NotFound("Flyer not found")
+    return json_response(flyer_json(flyer, base_url(), services().clock()))

@@ -1,0 +1,68 @@
+"""Request and response helpers shared by the blueprints."""
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from flask import Response, current_app, request
+
+from cache import Entry
+from service.errors import BadRequest, NotFound, UnsupportedMediaType
+
+NO_CACHE = "no-cache"
+
+
+def base_url() -> str:
+    """Return the base of absolute URLs: ``PUBLIC_BASE_URL`` or the request's own host."""
+    return current_app.config["PUBLIC_BASE_URL"] or request.host_url[:-1]
+
+
+def json_body() -> dict[str, Any]:
+    """Return the request's JSON object body.
+
+    :raises UnsupportedMediaType: when the body is not declared as JSON.
+    """
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    try:
+        body = orjson.loads(request.get_data(cache=False))
+    except orjson.JSONDecodeError:
+        raise BadRequest("Malformed JSON body") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The JSON body must be an object")
+    return body
+
+
+def require_multipart() -> None:
+    """Refuse a body that is not ``multipart/form-data``."""
+    if request.mimetype != "multipart/form-data":
+        raise UnsupportedMediaType("Content-Type must be multipart/form-data")
+
+
+def etag_matches(header: str, etag: str) -> bool:
+    """Tell whether an If-None-Match header names ``etag`` (weak comparison, as RFC 9110 asks)."""
+    if header.strip() == "*":
+        return True
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if candidate.startswith("W/"):
+            candidate = candidate[2:]
+        if candidate.strip('"') == etag:
+            return True
+    return False
+
+
+def cached_answer(entry: Entry, not_found: str) -> Response:
+    """Answer a cached read: 200 with the stored bytes, 304 on a matching If-None-Match, or 404."""
+    if entry.body is None:
+        raise NotFound(not_found)
+    headers = {"ETag": f'"{entry.etag}"', "Cache-Control": NO_CACHE}
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match and etag_matches(if_none_match, entry.etag):
+        return Response(status=304, headers=headers)
+    return Response(entry.body, headers=headers, mimetype="application/json")
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """Answer ``data`` as compact JSON."""
+    return Response(orjson.dumps(data), status=status, headers=headers, mimetype="application/json")

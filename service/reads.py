@@ -1,0 +1,76 @@
+"""The cached reads: each one a cache key, a loader that builds the JSON from SQL, and a TTL.
+
+A TTL never outlives the next ``valid_from`` or ``valid_until`` among the creator's flyers,
+so a flyer appears on and leaves its creator's pages to the second with a warm cache.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import current_app
+
+from cache import NOT_FOUND, Entry, Loaded, keys
+from models import queries
+from service.extension import services
+from service.representations import flyer_json, page_json, profile_json
+
+
+def ttl_until(now: datetime, next_change: datetime | None, *, negative: bool = False) -> float:
+    """Return a jittered TTL in seconds, cut short at the next validity boundary."""
+    config = current_app.config
+    if negative:
+        ttl = config["CACHE_NEGATIVE_TTL"]
+    else:
+        jitter = config["CACHE_TTL_JITTER"]
+        ttl = config["CACHE_DEFAULT_TTL"] * (1 - jitter * services().rng.random())
+    if next_change is not None:
+        ttl = min(ttl, (next_change - now).total_seconds())
+    return max(ttl, 0.001)
+
+
+def read_profile(user_id: int, base_url: str) -> Entry:
+    """Return the profile JSON of ``user_id`` from the cache, loading it on a miss."""
+    def load() -> Loaded:
+        now = services().clock()
+        user = queries.get_user(user_id)
+        if user is None:
+            return Loaded(NOT_FOUND, ttl_until(now, None, negative=True))
+        stats = queries.get_creator_stats(user_id, now)
+        return Loaded(profile_json(user, stats.valid_flyers, base_url), ttl_until(now, stats.next_change))
+
+    return services().cache.get_or_load("profile", keys.profile_key(user_id), load, variant=base_url)
+
+
+def read_creator_page(user_id: int, page: int, page_size: int, base_url: str) -> Entry:
+    """Return one page of the creator's valid flyers; not found for an unknown creator or a page past the end."""
+    def load() -> Loaded:
+        now = services().clock()
+        if queries.get_user(user_id) is None:
+            return Loaded(NOT_FOUND, ttl_until(now, None, negative=True))
+        stats = queries.get_creator_stats(user_id, now)
+        offset = (page - 1) * page_size
+        if page > 1 and offset >= stats.valid_flyers:
+            return Loaded(NOT_FOUND, ttl_until(now, stats.next_change, negative=True))
+        flyers = queries.list_creator_flyers(user_id, now, offset, page_size) if stats.valid_flyers else []
+        body = page_json(stats.valid_flyers, page, page_size, f"{base_url}/api/v1/users/{user_id}/flyers",
+                         [flyer_json(flyer, base_url, now) for flyer in flyers])
+        return Loaded(body, ttl_until(now, stats.next_change))
+
+    return services().cache.get_or_load(
+        "flyer_page", keys.pages_key(user_id), load,
+        variant=keys.page_field(page, page_size, base_url),
+        generation_key=keys.generation_key(user_id))
+
+
+def read_flyer(flyer_id: int, base_url: str) -> Entry:
+    """Return the JSON of a flyer that is valid now; not found otherwise."""
+    def load() -> Loaded:
+        now = services().clock()
+        flyer = queries.get_flyer(flyer_id)
+        if flyer is None or flyer.valid_until <= now:
+            return Loaded(NOT_FOUND, ttl_until(now, None, negative=True))
+        if flyer.valid_from > now:
+            return Loaded(NOT_FOUND, ttl_until(now, flyer.valid_from, negative=True))
+        return Loaded(flyer_json(flyer, base_url, now), ttl_until(now, flyer.valid_until))
+
+    return services().cache.get_or_load("flyer", keys.flyer_key(flyer_id), load, variant=base_url)

@@ -1,0 +1,71 @@
+"""Build the JSON-ready dicts of the API from models (the shapes ProfileSchema and FlyerSchema document)."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from models import Flyer, User
+
+
+def iso(moment: datetime) -> str:
+    """Format a naive UTC datetime as ISO 8601 with a ``Z``."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def media_url(base_url: str, key: str | None) -> str | None:
+    """Return the absolute URL of a stored media file, or None."""
+    return f"{base_url}/media/{key}" if key else None
+
+
+def profile_json(user: User, flyer_count: int, base_url: str) -> dict[str, Any]:
+    return {
+        "user_id": user.id,
+        "username": user.username,
+        "display_name": user.display_name,
+        "bio": user.bio,
+        "profile_picture_url": media_url(base_url, user.picture_key),
+        "profile_picture_thumbnail_url": media_url(base_url, user.thumbnail_key),
+        "flyer_count": flyer_count,
+        "created_at": iso(user.created_at),
+        "updated_at": iso(user.updated_at),
+    }
+
+
+def flyer_json(flyer: Flyer, base_url: str, now: datetime) -> dict[str, Any]:
+    creator = flyer.creator
+    return {
+        "id": flyer.id,
+        "title": flyer.title,
+        "description": flyer.description,
+        "creator": {
+            "id": creator.id,
+            "username": creator.username,
+            "display_name": creator.display_name,
+            "profile_picture_url": media_url(base_url, creator.thumbnail_key),
+        },
+        "images": [{"url": media_url(base_url, image.storage_key), "order": image.order}
+                   for image in flyer.images],
+        "location": {"address": flyer.location_address, "lat": flyer.lat, "lng": flyer.lng},
+        "validity": {
+            "valid_from": iso(flyer.valid_from),
+            "valid_until": iso(flyer.valid_until),
+            "is_valid": flyer.valid_from <= now < flyer.valid_until,
+        },
+        "created_at": iso(flyer.created_at),
+        "updated_at": iso(flyer.updated_at),
+    }
+
+
+def page_json(count: int, page: int, page_size: int, page_url: str,
+              results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Wrap one page of results DRF-style; ``page_url`` is the page's URL without its query."""
+    def link(number: int) -> str:
+        return f"{page_url}?page={number}&page_size={page_size}"
+
+    has_next = page * page_size < count
+    return {
+        "count": count,
+        "next": link(page + 1) if has_next else None,
+        "previous": link(page - 1) if page > 1 else None,
+        "results": results,
+    }

@@ -1,0 +1,174 @@
+"""Every marshmallow schema of the API: what comes in is validated, what goes out is documented."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from marshmallow import (EXCLUDE, RAISE, Schema, ValidationError, fields, post_load,
+                         validate, validates_schema)
+
+USERNAME_RE = r"^[A-Za-z0-9_.]{3,30}$"
+MAX_PAGE_SIZE = 50
+DEFAULT_PAGE_SIZE = 20
+
+
+def no_control_characters(value: str) -> None:
+    """Reject control characters other than newline and tab (NUL included)."""
+    for char in value:
+        if (ord(char) < 32 and char not in "\n\t") or 127 <= ord(char) < 160:
+            raise ValidationError("Control characters are not allowed.")
+
+
+def Text(*, min_len: int = 0, max_len: int, **kwargs: Any) -> fields.String:
+    return fields.String(validate=[validate.Length(min=min_len, max=max_len), no_control_characters],
+                         **kwargs)
+
+
+class UTCDateTime(fields.DateTime):
+    """An ISO 8601 timestamp, stored as naive UTC and written with a ``Z``."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> datetime:
+        parsed = super()._deserialize(value, attr, data, **kwargs)
+        if parsed.tzinfo is not None:
+            parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
+        return parsed.replace(microsecond=0)
+
+
+# -- input ------------------------------------------------------------------
+
+class RegisterSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    email = fields.Email(required=True, validate=[validate.Length(max=254), no_control_characters])
+    password = fields.String(required=True, load_only=True,
+                             validate=[validate.Length(min=8, max=128), no_control_characters])
+    username = fields.String(required=True, validate=validate.Regexp(
+        USERNAME_RE, error="3-30 characters: letters, digits, '_' and '.'"))
+
+
+class LoginSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    email = fields.String(required=True, validate=[validate.Length(min=1, max=254), no_control_characters])
+    password = fields.String(required=True, load_only=True,
+                             validate=[validate.Length(min=1, max=128), no_control_characters])
+
+
+class ProfileUpdateSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    display_name = Text(min_len=1, max_len=50)
+    bio = Text(max_len=500)
+
+
+class FlyerFieldsSchema(Schema):
+    """The flat fields of a flyer; ``partial=True`` makes it the PATCH body."""
+
+    class Meta:
+        unknown = RAISE
+
+    title = Text(min_len=1, max_len=200, required=True)
+    description = Text(max_len=2000)
+    location_address = Text(min_len=1, max_len=500, required=True)
+    lat = fields.Float(required=True, validate=validate.Range(-90, 90))
+    lng = fields.Float(required=True, validate=validate.Range(-180, 180))
+    valid_from = UTCDateTime()
+    valid_until = UTCDateTime()
+
+    @validates_schema
+    def check_validity_order(self, data: dict[str, Any], **kwargs: Any) -> None:
+        start, end = data.get("valid_from"), data.get("valid_until")
+        if start is not None and end is not None and end <= start:
+            raise ValidationError("valid_until must be after valid_from.", "valid_until")
+
+
+class PageArgsSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=10**9))
+    page_size = fields.Integer(load_default=DEFAULT_PAGE_SIZE, validate=validate.Range(min=1))
+
+    @post_load
+    def clamp_page_size(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        data["page_size"] = min(data["page_size"], MAX_PAGE_SIZE)
+        return data
+
+
+# -- output -----------------------------------------------------------------
+
+class ErrorSchema(Schema):
+    error = fields.String(required=True)
+    details = fields.Dict(keys=fields.String(), values=fields.List(fields.String()), required=True)
+
+
+class TokenSchema(Schema):
+    user_id = fields.Integer(required=True)
+    token = fields.String(required=True)
+
+
+class ProfileSchema(Schema):
+    user_id = fields.Integer(required=True, dump_only=True)
+    username = fields.String(required=True, dump_only=True)
+    display_name = fields.String(required=True)
+    bio = fields.String(required=True)
+    profile_picture_url = fields.Url(required=True, allow_none=True, dump_only=True)
+    profile_picture_thumbnail_url = fields.Url(required=True, allow_none=True, dump_only=True)
+    flyer_count = fields.Integer(required=True, dump_only=True)
+    created_at = fields.DateTime(required=True, dump_only=True)
+    updated_at = fields.DateTime(required=True, dump_only=True)
+
+
+class CreatorSchema(Schema):
+    id = fields.Integer(required=True)
+    username = fields.String(required=True)
+    display_name = fields.String(required=True)
+    profile_picture_url = fields.Url(required=True, allow_none=True)
+
+
+class FlyerImageSchema(Schema):
+    url = fields.Url(required=True)
+    order = fields.Integer(required=True)
+
+
+class LocationSchema(Schema):
+    address = fields.String(required=True)
+    lat = fields.Float(required=True)
+    lng = fields.Float(required=True)
+
+
+class ValiditySchema(Schema):
+    valid_from = fields.DateTime(required=True)
+    valid_until = fields.DateTime(required=True)
+    is_valid = fields.Boolean(required=True)
+
+
+class FlyerSchema(Schema):
+    id = fields.Integer(required=True)
+    title = fields.String(required=True)
+    description = fields.String(required=True)
+    creator = fields.Nested(CreatorSchema, required=True)
+    images = fields.List(fields.Nested(FlyerImageSchema), required=True)
+    location = fields.Nested(LocationSchema, required=True)
+    validity = fields.Nested(ValiditySchema, required=True)
+    created_at = fields.DateTime(required=True)
+    updated_at = fields.DateTime(required=True)
+
+
+class FlyerPageSchema(Schema):
+    count = fields.Integer(required=True)
+    next = fields.Url(required=True, allow_none=True)
+    previous = fields.Url(required=True, allow_none=True)
+    results = fields.List(fields.Nested(FlyerSchema), required=True)
+
+
+class HealthSchema(Schema):
+    status = fields.String(required=True)
+
+
+class ReadinessSchema(Schema):
+    database = fields.String(required=True)
+    cache = fields.String(required=True)
