@@ -1,0 +1,191 @@
+"""Turn untrusted upload bytes into clean sRGB JPEG variants: a profile picture with thumbnail, or a flyer image."""
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from io import BytesIO
+
+import pillow_heif
+from PIL import ExifTags, Image, ImageCms, ImageOps, JpegImagePlugin
+
+pillow_heif.register_heif_opener()
+
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "HEIF")
+UNSUPPORTED = "not a supported image (JPEG, PNG, WebP, GIF, HEIC)"
+CORRUPT = "image is corrupt or truncated"
+MAX_MEGAPIXELS = 40
+MAX_PIXELS = MAX_MEGAPIXELS * 1_000_000
+PROFILE_WIDTH = 500
+THUMBNAIL_SIZE = 128
+FLYER_LONG_SIDE = 2048
+JPEG_OPTIONS = {"quality": 85, "optimize": True, "progressive": True}
+
+# Pillow's own bomb guard stays on as a second line behind our header check, at our limit (below its default).
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+Size = tuple[int, int]
+T = Image.Transpose
+_TRANSPOSE = {2: T.FLIP_LEFT_RIGHT, 3: T.ROTATE_180, 4: T.FLIP_TOP_BOTTOM, 5: T.TRANSPOSE,
+              6: T.ROTATE_270, 7: T.TRANSVERSE, 8: T.ROTATE_90}
+
+
+class PictureError(Exception):
+    """An upload that cannot become a picture; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One encoded JPEG variant."""
+
+    data: bytes
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class ProfilePicture:
+    """The profile picture and its square thumbnail."""
+
+    full: Picture
+    thumbnail: Picture
+
+
+def process_profile_picture(data: bytes, *, max_bytes: int = 5 * 1024 * 1024) -> ProfilePicture:
+    """At most 500 px wide (never upscaled) plus a 128x128 centre-cropped thumbnail, both JPEG."""
+    def need(size: Size) -> Size:
+        full, side = _fit_width(size, PROFILE_WIDTH), min(THUMBNAIL_SIZE, *size)
+        return max(full[0], side), max(full[1], side)
+
+    img, orientation, icc = _decode(_open(data, max_bytes), need)
+    full = _resize(img, _stored(_fit_width(_displayed(img.size, orientation), PROFILE_WIDTH), orientation))
+    # A centre crop does not depend on orientation; crop the small image unless it is too thin (a panorama).
+    source = full if min(full.size) >= THUMBNAIL_SIZE else img
+    thumbnail = ImageOps.fit(source, (THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.LANCZOS)
+    return ProfilePicture(_encode(full, orientation, icc), _encode(thumbnail, orientation, icc))
+
+
+def process_flyer_image(data: bytes, *, max_bytes: int = 5 * 1024 * 1024) -> Picture:
+    """At most 2048 px on the long side (never upscaled), JPEG."""
+    def need(size: Size) -> Size:
+        return _fit_long_side(size, FLYER_LONG_SIDE)
+
+    img, orientation, icc = _decode(_open(data, max_bytes), need)
+    size = _stored(_fit_long_side(_displayed(img.size, orientation), FLYER_LONG_SIDE), orientation)
+    return _encode(_resize(img, size), orientation, icc)
+
+
+def _open(data: bytes, max_bytes: int) -> Image.Image:
+    """Identify the format by content and check sizes before any pixel is decoded."""
+    if not data:
+        raise PictureError("empty file")
+    if len(data) > max_bytes:
+        raise PictureError(f"file too large: {len(data) / 2**20:.1f} MB (max {max_bytes / 2**20:g} MB)", 413)
+    try:
+        # Not thread-safe, but a lost race only downgrades the bomb warning; our own check below still runs.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(BytesIO(data), formats=FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        raise _too_large(int(found.group(1)) if found else None) from None
+    except Image.UnidentifiedImageError:
+        # A known signature whose plugin then gave up is a broken file, not the wrong kind of file.
+        known = any(accept and accept(data[:16]) is True for _, accept in map(Image.OPEN.get, FORMATS))
+        raise PictureError(CORRUPT if known else UNSUPPORTED) from None
+    except Exception:  # a recognised header that its plugin then fails to parse
+        raise PictureError(CORRUPT) from None
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise _too_large(width * height)
+    if width < 1 or height < 1:
+        raise PictureError(CORRUPT)
+    return img
+
+
+def _too_large(pixels: int | None) -> PictureError:
+    found = f"{pixels / 1e6:.1f}" if pixels else "over 80"
+    return PictureError(f"image too large: {found} megapixels (max {MAX_MEGAPIXELS})")
+
+
+def _decode(img: Image.Image, need: Callable[[Size], Size]) -> tuple[Image.Image, int, bytes | None]:
+    """Decode (JPEG at the smallest DCT scale still covering ``need``) to L, LA, RGB, RGBA or CMYK."""
+    try:
+        if not isinstance(img, JpegImagePlugin.JpegImageFile):
+            img.load()  # PNG may keep its EXIF after the pixels; only JPEG has a reduced-scale decode anyway
+        orientation = _orientation(img)
+        img.draft("RGB", _stored(need(_displayed(img.size, orientation)), orientation))
+        img.load()
+    except Image.DecompressionBombError:
+        raise _too_large(img.width * img.height) from None
+    except Exception:  # decoders of untrusted bytes fail with OSError, SyntaxError, ValueError, struct.error...
+        raise PictureError(CORRUPT) from None
+    icc = img.info.get("icc_profile") or None
+    if img.mode in ("L", "LA", "RGB", "RGBA", "CMYK") and img.info.get("transparency") is None:
+        return img, orientation, icc
+    if img.mode.startswith("I"):  # 16-bit greyscale: scale down, as convert("L") would clip at 255
+        return img.point(lambda v: v / 256).convert("L"), orientation, icc
+    alpha = "A" in img.mode or "a" in img.mode or img.info.get("transparency") is not None
+    return img.convert("RGBA" if alpha else "RGB"), orientation, icc
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # a damaged EXIF block costs the rotation, not the picture
+        return 1
+    return value if value in _TRANSPOSE else 1
+
+
+def _displayed(size: Size, orientation: int) -> Size:
+    return (size[1], size[0]) if orientation >= 5 else size
+
+
+_stored = _displayed  # swapping is its own inverse
+
+
+def _fit_width(size: Size, width: int) -> Size:
+    return size if size[0] <= width else (width, max(1, round(size[1] * width / size[0])))
+
+
+def _fit_long_side(size: Size, side: int) -> Size:
+    scale = side / max(size)
+    return size if scale >= 1 else (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+
+
+def _resize(img: Image.Image, size: Size) -> Image.Image:
+    return img if img.size == size else img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def _encode(img: Image.Image, orientation: int, icc: bytes | None) -> Picture:
+    """Rotate, flatten onto white, convert to sRGB and save as a JPEG with no metadata."""
+    if orientation in _TRANSPOSE:
+        img = img.transpose(_TRANSPOSE[orientation])
+    if img.mode in ("LA", "RGBA"):
+        flat = Image.new(img.mode[:-1], img.size, "white")
+        flat.paste(img.convert(img.mode[:-1]), mask=img.getchannel("A"))
+        img = flat
+    img = _to_srgb(img, icc)
+    img.info = {}  # JPEG save would copy a comment or ICC profile from here
+    buffer = BytesIO()
+    img.save(buffer, "JPEG", **JPEG_OPTIONS)
+    return Picture(buffer.getvalue(), img.width, img.height)
+
+
+def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
+    if icc:
+        try:
+            source = ImageCms.ImageCmsProfile(BytesIO(icc))
+            srgb = ImageCms.createProfile("sRGB")
+            converted = ImageCms.profileToProfile(img, source, srgb, outputMode="RGB")
+            if converted is not None:
+                return converted
+        except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+            pass  # a profile that does not fit the pixels is ignored, as browsers do
+    return img if img.mode == "RGB" else img.convert("RGB")
