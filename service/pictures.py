@@ -26,9 +26,10 @@ JPEG_OPTIONS = {"quality": 85, "optimize": True, "progressive": True}
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 Size = tuple[int, int]
-T = Image.Transpose
-_TRANSPOSE = {2: T.FLIP_LEFT_RIGHT, 3: T.ROTATE_180, 4: T.FLIP_TOP_BOTTOM, 5: T.TRANSPOSE,
-              6: T.ROTATE_270, 7: T.TRANSVERSE, 8: T.ROTATE_90}
+Converter = Callable[[Image.Image], Image.Image]
+_T = Image.Transpose
+_TRANSPOSE = {2: _T.FLIP_LEFT_RIGHT, 3: _T.ROTATE_180, 4: _T.FLIP_TOP_BOTTOM, 5: _T.TRANSPOSE,
+              6: _T.ROTATE_270, 7: _T.TRANSVERSE, 8: _T.ROTATE_90}
 
 
 class PictureError(Exception):
@@ -63,12 +64,12 @@ def process_profile_picture(data: bytes, *, max_bytes: int = 5 * 1024 * 1024) ->
         full, side = _fit_width(size, PROFILE_WIDTH), min(THUMBNAIL_SIZE, *size)
         return max(full[0], side), max(full[1], side)
 
-    img, orientation, icc = _decode(_open(data, max_bytes), need)
+    img, orientation, to_srgb = _decode(_open(data, max_bytes), need)
     full = _resize(img, _stored(_fit_width(_displayed(img.size, orientation), PROFILE_WIDTH), orientation))
     # A centre crop does not depend on orientation; crop the small image unless it is too thin (a panorama).
     source = full if min(full.size) >= THUMBNAIL_SIZE else img
     thumbnail = ImageOps.fit(source, (THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.LANCZOS)
-    return ProfilePicture(_encode(full, orientation, icc), _encode(thumbnail, orientation, icc))
+    return ProfilePicture(_encode(full, orientation, to_srgb), _encode(thumbnail, orientation, to_srgb))
 
 
 def process_flyer_image(data: bytes, *, max_bytes: int = 5 * 1024 * 1024) -> Picture:
@@ -76,9 +77,9 @@ def process_flyer_image(data: bytes, *, max_bytes: int = 5 * 1024 * 1024) -> Pic
     def need(size: Size) -> Size:
         return _fit_long_side(size, FLYER_LONG_SIDE)
 
-    img, orientation, icc = _decode(_open(data, max_bytes), need)
+    img, orientation, to_srgb = _decode(_open(data, max_bytes), need)
     size = _stored(_fit_long_side(_displayed(img.size, orientation), FLYER_LONG_SIDE), orientation)
-    return _encode(_resize(img, size), orientation, icc)
+    return _encode(_resize(img, size), orientation, to_srgb)
 
 
 def _open(data: bytes, max_bytes: int) -> Image.Image:
@@ -110,11 +111,11 @@ def _open(data: bytes, max_bytes: int) -> Image.Image:
 
 
 def _too_large(pixels: int | None) -> PictureError:
-    found = f"{pixels / 1e6:.1f}" if pixels else "over 80"
+    found = f"{pixels / 1e6:.1f}" if pixels else f"over {MAX_MEGAPIXELS}"
     return PictureError(f"image too large: {found} megapixels (max {MAX_MEGAPIXELS})")
 
 
-def _decode(img: Image.Image, need: Callable[[Size], Size]) -> tuple[Image.Image, int, bytes | None]:
+def _decode(img: Image.Image, need: Callable[[Size], Size]) -> tuple[Image.Image, int, Converter]:
     """Decode (JPEG at the smallest DCT scale still covering ``need``) to L, LA, RGB, RGBA or CMYK."""
     try:
         if not isinstance(img, JpegImagePlugin.JpegImageFile):
@@ -126,13 +127,24 @@ def _decode(img: Image.Image, need: Callable[[Size], Size]) -> tuple[Image.Image
         raise _too_large(img.width * img.height) from None
     except Exception:  # decoders of untrusted bytes fail with OSError, SyntaxError, ValueError, struct.error...
         raise PictureError(CORRUPT) from None
-    icc = img.info.get("icc_profile") or None
-    if img.mode in ("L", "LA", "RGB", "RGBA", "CMYK") and img.info.get("transparency") is None:
-        return img, orientation, icc
+    icc = img.info.get("icc_profile")
     if img.mode.startswith("I"):  # 16-bit greyscale: scale down, as convert("L") would clip at 255
-        return img.point(lambda v: v / 256).convert("L"), orientation, icc
-    alpha = "A" in img.mode or "a" in img.mode or img.info.get("transparency") is not None
-    return img.convert("RGBA" if alpha else "RGB"), orientation, icc
+        img = img.point(lambda v: v / 256).convert("L")
+    elif img.mode not in ("L", "LA", "RGB", "RGBA", "CMYK") or img.info.get("transparency") is not None:
+        alpha = "A" in img.mode or "a" in img.mode or img.info.get("transparency") is not None
+        img = img.convert("RGBA" if alpha else "RGB")
+    return img, orientation, _srgb_converter(icc, img.mode.removesuffix("A"))
+
+
+def _srgb_converter(icc: bytes | None, mode: str) -> Converter:
+    """Built once per upload, as the transform costs more than applying it to the small variants."""
+    if icc:
+        try:
+            profile = ImageCms.ImageCmsProfile(BytesIO(icc))
+            return ImageCms.buildTransform(profile, ImageCms.createProfile("sRGB"), mode, "RGB").apply
+        except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+            pass  # a profile that does not fit the pixels is ignored, as browsers do
+    return lambda img: img if img.mode == "RGB" else img.convert("RGB")
 
 
 def _orientation(img: Image.Image) -> int:
@@ -163,7 +175,7 @@ def _resize(img: Image.Image, size: Size) -> Image.Image:
     return img if img.size == size else img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
-def _encode(img: Image.Image, orientation: int, icc: bytes | None) -> Picture:
+def _encode(img: Image.Image, orientation: int, to_srgb: Converter) -> Picture:
     """Rotate, flatten onto white, convert to sRGB and save as a JPEG with no metadata."""
     if orientation in _TRANSPOSE:
         img = img.transpose(_TRANSPOSE[orientation])
@@ -171,21 +183,9 @@ def _encode(img: Image.Image, orientation: int, icc: bytes | None) -> Picture:
         flat = Image.new(img.mode[:-1], img.size, "white")
         flat.paste(img.convert(img.mode[:-1]), mask=img.getchannel("A"))
         img = flat
-    img = _to_srgb(img, icc)
+    img = to_srgb(img)
     img.info = {}  # JPEG save would copy a comment or ICC profile from here
     buffer = BytesIO()
     img.save(buffer, "JPEG", **JPEG_OPTIONS)
     return Picture(buffer.getvalue(), img.width, img.height)
 
-
-def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
-    if icc:
-        try:
-            source = ImageCms.ImageCmsProfile(BytesIO(icc))
-            srgb = ImageCms.createProfile("sRGB")
-            converted = ImageCms.profileToProfile(img, source, srgb, outputMode="RGB")
-            if converted is not None:
-                return converted
-        except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
-            pass  # a profile that does not fit the pixels is ignored, as browsers do
-    return img if img.mode == "RGB" else img.convert("RGB")

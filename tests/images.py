@@ -95,7 +95,12 @@ def photo_jpeg(
     grain: float = 2.0,
 ) -> bytes:
     """A camera-like JPEG (4000x3000 at quality 90 is about 2 MB), cached because it is slow to build."""
-    return encode(photo(size, grain=grain), quality=quality, exif=exif_bytes(orientation, gps))
+    return encode(_cached_photo(size, grain), quality=quality, exif=exif_bytes(orientation, gps))
+
+
+@lru_cache(maxsize=2)
+def _cached_photo(size: tuple[int, int], grain: float) -> Image.Image:
+    return photo(size, grain=grain)
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:

@@ -290,6 +290,15 @@ def test_heic_orientation_is_applied_once() -> None:
     assert close(full.getpixel((250, 50)), RED, 20) and close(full.getpixel((250, 600)), BLUE, 20)
 
 
+def test_multi_picture_jpeg_gives_its_first_picture_rotated() -> None:
+    data = encode(quadrants((2000, 1500)), "MPO", save_all=True, append_images=[Image.new("RGB", (2000, 1500))],
+                  exif=exif_bytes(orientation=6))
+    assert Image.open(BytesIO(data)).format == "MPO"
+    full = opened(process_profile_picture(data).full)
+    assert full.size == (500, 667)
+    assert [close(p, c) for p, c in zip(corners(full), (BLUE, RED, YELLOW, GREEN))] == [True] * 4
+
+
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
 def test_animated_image_gives_its_first_frame(fmt: str) -> None:
     frames = [Image.new("RGB", (300, 200), colour) for colour in (RED, GREEN, BLUE)]
@@ -410,9 +419,13 @@ def test_camera_jpeg_shrinks_by_at_least_90_percent(camera_jpeg: bytes) -> None:
     assert len(process_flyer_image(camera_jpeg).data) <= 0.35 * len(camera_jpeg)
 
 
-def test_fast_decode_costs_under_half_a_db_of_psnr(camera_jpeg: bytes) -> None:
-    full_decode = ImageOps.exif_transpose(Image.open(BytesIO(camera_jpeg)))
-    reference = full_decode.resize((500, 375), Image.Resampling.LANCZOS)
+@pytest.mark.parametrize(("orientation", "size"), [(None, (500, 375)), (6, (500, 667))])
+def test_fast_decode_costs_under_half_a_db_of_psnr(camera_jpeg: bytes, orientation: int | None,
+                                                   size: tuple[int, int]) -> None:
+    data = camera_jpeg if orientation is None else photo_jpeg(orientation=orientation)
+    full_decode = ImageOps.exif_transpose(Image.open(BytesIO(data)))
+    reference = full_decode.resize(size, Image.Resampling.LANCZOS)
     naive = decode(encode(reference, quality=85, optimize=True, progressive=True))
-    ours = opened(process_profile_picture(camera_jpeg).full)
+    ours = opened(process_profile_picture(data).full)
+    assert ours.size == size
     assert psnr(ours, reference) >= psnr(naive, reference) - 0.5
