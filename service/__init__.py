@@ -60,7 +60,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     )
 
     from service import auth, flyers, health, media, openapi, profiles
-    limiter = Limiter(get_remote_address, app=app, enabled=app.config["RATE_LIMIT_ENABLED"],
+    app.config["RATELIMIT_ENABLED"] = app.config["RATE_LIMIT_ENABLED"]
+    limiter = Limiter(get_remote_address, app=app,
                       storage_uri=app.config["REDIS_URL"] or "memory://", headers_enabled=True,
                       swallow_errors=True, key_prefix="pf-ratelimit")
     limiter.limit(app.config["RATE_LIMIT_AUTH"])(auth.bp)

@@ -20,7 +20,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     return {
         "SQLALCHEMY_DATABASE_URI": database_url,
         "REDIS_URL": env.get("REDIS_URL") or None,
-        "SECRET_KEY": env.get("SECRET_KEY", "dev-only-change-me"),
+        "SECRET_KEY": env.get("SECRET_KEY", "dev-only-insecure-secret-key-change-me-in-production"),
         "JWT_TTL_SECONDS": int(env.get("JWT_TTL_SECONDS", "86400")),
         "PASSWORD_HASH_METHOD": env.get("PASSWORD_HASH_METHOD", "scrypt"),
         "MEDIA_ROOT": env.get("MEDIA_ROOT", os.path.abspath("media")),

@@ -34,7 +34,7 @@ def _errors(*codes: int) -> dict[int, Any]:
     answers = {}
     for code in (*codes, 405, 500):
         answer: dict[str, Any] = {"description": ERROR[code],
-                                  "content": {"application/json": {"schema": "ErrorSchema"}}}
+                                  "content": {"application/json": {"schema": "Error"}}}
         if code in (429, 503):
             answer["headers"] = _headers("Retry-After")
         answers[code] = answer
@@ -80,11 +80,10 @@ def build_spec() -> dict[str, Any]:
     spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     for name, header in HEADERS.items():
         spec.components.header(name, header)
-    for name in ("ErrorSchema", "TokenSchema", "ProfileSchema", "FlyerSchema", "FlyerPageSchema",
-                 "HealthSchema", "ReadinessSchema"):
-        spec.components.schema(name, schema=getattr(schemas, name))
-    spec.components.schema("FlyerFields", schema=schemas.FlyerFieldsSchema)
-    profile_write = {200: _json("ProfileSchema", "The updated profile", "ETag", "Cache-Control")}
+    for name in ("Error", "Token", "Profile", "Flyer", "FlyerPage", "Health", "Readiness",
+                 "Register", "Login", "ProfileUpdate", "FlyerFields"):
+        spec.components.schema(name, schema=getattr(schemas, f"{name}Schema"))
+    profile_write = {200: _json("Profile", "The updated profile", "ETag", "Cache-Control")}
     page_params = [_path_id("user_id"), IF_NONE_MATCH,
                    {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
                    {"name": "page_size", "in": "query", "schema": {
@@ -93,22 +92,22 @@ def build_spec() -> dict[str, Any]:
     paths = {
         "/api/v1/auth/register": {"post": {
             "summary": "Register an account", "requestBody": {"required": True, "content": {
-                "application/json": {"schema": "RegisterSchema"}}},
-            "responses": {201: _json("TokenSchema", "Registered"), **_errors(400, 409, 415, 429)}}},
+                "application/json": {"schema": "Register"}}},
+            "responses": {201: _json("Token", "Registered"), **_errors(400, 409, 415, 429)}}},
         "/api/v1/auth/login": {"post": {
             "summary": "Log in", "requestBody": {"required": True, "content": {
-                "application/json": {"schema": "LoginSchema"}}},
-            "responses": {200: _json("TokenSchema", "Logged in"), **_errors(400, 401, 415, 429)}}},
+                "application/json": {"schema": "Login"}}},
+            "responses": {200: _json("Token", "Logged in"), **_errors(400, 401, 415, 429)}}},
         "/api/v1/users/{user_id}/profile": {
-            "get": _cached_read("ProfileSchema", "Read a profile", [_path_id("user_id"), IF_NONE_MATCH], 404, 503),
+            "get": _cached_read("Profile", "Read a profile", [_path_id("user_id"), IF_NONE_MATCH], 404, 503),
             "patch": {"summary": "Edit your own profile", "security": BEARER, "parameters": [_path_id("user_id")],
-                      "requestBody": {"required": True, "content": {"application/json": {"schema": "ProfileUpdateSchema"}}},
+                      "requestBody": {"required": True, "content": {"application/json": {"schema": "ProfileUpdate"}}},
                       "responses": {**profile_write, **_errors(400, 401, 403, 404, 413, 415, 503)}}},
         "/api/v1/users/me/profile": {
-            "get": {**_cached_read("ProfileSchema", "Read your own profile", [IF_NONE_MATCH], 401, 404, 503),
+            "get": {**_cached_read("Profile", "Read your own profile", [IF_NONE_MATCH], 401, 404, 503),
                     "security": BEARER},
             "patch": {"summary": "Edit your own profile", "security": BEARER,
-                      "requestBody": {"required": True, "content": {"application/json": {"schema": "ProfileUpdateSchema"}}},
+                      "requestBody": {"required": True, "content": {"application/json": {"schema": "ProfileUpdate"}}},
                       "responses": {**profile_write, **_errors(400, 401, 404, 413, 415, 503)}}},
         "/api/v1/users/me/profile/picture": {
             "post": {"summary": "Upload your profile picture", "security": BEARER,
@@ -119,16 +118,16 @@ def build_spec() -> dict[str, Any]:
             "delete": {"summary": "Remove your profile picture", "security": BEARER,
                        "responses": {**profile_write, **_errors(401, 404, 503)}}},
         "/api/v1/users/{user_id}/flyers": {
-            "get": _cached_read("FlyerPageSchema", "A creator's valid flyers, newest first", page_params, 400, 404, 503)},
+            "get": _cached_read("FlyerPage", "A creator's valid flyers, newest first", page_params, 400, 404, 503)},
         "/api/v1/flyers": {"post": {
             "summary": "Create a flyer", "security": BEARER, "requestBody": {"required": True, "content": _flyer_form()},
-            "responses": {201: _json("FlyerSchema", "Created", "Location", "ETag", "Cache-Control"),
+            "responses": {201: _json("Flyer", "Created", "Location", "ETag", "Cache-Control"),
                           **_errors(400, 401, 404, 413, 415, 503)}}},
         "/api/v1/flyers/{flyer_id}": {
-            "get": _cached_read("FlyerSchema", "A flyer that is valid now", [_path_id("flyer_id"), IF_NONE_MATCH], 404, 503),
+            "get": _cached_read("Flyer", "A flyer that is valid now", [_path_id("flyer_id"), IF_NONE_MATCH], 404, 503),
             "patch": {"summary": "Edit your flyer", "security": BEARER, "parameters": [_path_id("flyer_id")],
                       "requestBody": {"required": True, "content": {"application/json": {"schema": "FlyerUpdate"}}},
-                      "responses": {200: _json("FlyerSchema", "The updated flyer", "ETag", "Cache-Control"),
+                      "responses": {200: _json("Flyer", "The updated flyer", "ETag", "Cache-Control"),
                                     **_errors(400, 401, 403, 404, 413, 415, 503)}},
             "delete": {"summary": "Delete your flyer", "security": BEARER, "parameters": [_path_id("flyer_id")],
                        "responses": {204: {"description": "Deleted"}, **_errors(401, 403, 404, 503)}}},
@@ -140,10 +139,10 @@ def build_spec() -> dict[str, Any]:
                                 "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
                           304: {"description": "Not modified", "headers": _headers("ETag", "Cache-Control")},
                           **_errors(404)}}},
-        "/healthz": {"get": {"summary": "Liveness", "responses": {200: _json("HealthSchema", "Running"), **_errors()}}},
+        "/healthz": {"get": {"summary": "Liveness", "responses": {200: _json("Health", "Running"), **_errors()}}},
         "/readyz": {"get": {"summary": "Readiness", "responses": {
-            200: _json("ReadinessSchema", "Ready"),
-            503: {**_json("ReadinessSchema", "The database does not answer"), "headers": _headers("Retry-After")},
+            200: _json("Readiness", "Ready"),
+            503: {**_json("Readiness", "The database does not answer"), "headers": _headers("Retry-After")},
             **{k: v for k, v in _errors().items()}}}},
         "/openapi.json": {"get": {"summary": "This document", "responses": {
             200: {"description": "OpenAPI 3", "content": {"application/json": {"schema": {"type": "object"}}}},

@@ -19,19 +19,34 @@ SQLITE = "sqlite"
 POSTGRES_URL = os.environ.get("DATABASE_URL", "")
 BACKENDS = [SQLITE] + (["postgresql"] if POSTGRES_URL.startswith("postgres") else [])
 FAST_HASH = "pbkdf2:sha256:1000"
+TEST_SECRET = "test-secret-key-that-is-long-enough-for-hs256"
 
 
 class FakeClock:
-    """A clock the test moves by hand; it starts at the real time, to the second."""
+    """A clock the test moves by hand; it starts at the real time, to the second.
 
-    def __init__(self) -> None:
+    Moving it also ages the fake Redis's keys by as much, so expiries follow the same clock.
+    """
+
+    def __init__(self, redis: Any) -> None:
         self.now = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+        self.redis = redis
 
     def __call__(self) -> datetime:
         return self.now
 
     def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
+        step = timedelta(**delta)
+        self.now += step
+        elapsed_ms = int(step.total_seconds() * 1000)
+        for key in self.redis.scan_iter():
+            remaining = self.redis.pttl(key)
+            if remaining < 0:
+                continue
+            if remaining <= elapsed_ms:
+                self.redis.delete(key)
+            else:
+                self.redis.pexpire(key, remaining - elapsed_ms)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -42,8 +57,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock(redis_client: Any) -> FakeClock:
+    return FakeClock(redis_client)
 
 
 @pytest.fixture
@@ -57,18 +72,22 @@ def redis_client(redis_server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
 
 
 @pytest.fixture
-def app(database_url: str, tmp_path: Any, clock: FakeClock, redis_client: Any) -> Iterator[Any]:
+def app_config(database_url: str, tmp_path: Any, clock: FakeClock) -> dict[str, Any]:
     from service.config import load_config
-    config = {
+    return {
         "TESTING": True,
         "SQLALCHEMY_DATABASE_URI": load_config({"DATABASE_URL": database_url})["SQLALCHEMY_DATABASE_URI"],
         "MEDIA_ROOT": str(tmp_path / "media"),
         "RATE_LIMIT_ENABLED": False,
         "PASSWORD_HASH_METHOD": FAST_HASH,
-        "SECRET_KEY": "test-secret",
+        "SECRET_KEY": TEST_SECRET,
         "CLOCK": clock,
     }
-    app = create_app(config, redis_client=redis_client)
+
+
+@pytest.fixture
+def app(app_config: dict[str, Any], redis_client: Any) -> Iterator[Any]:
+    app = create_app(app_config, redis_client=redis_client)
     with app.app_context():
         if db.engine.dialect.name == "postgresql":
             db.create_all()

@@ -4,6 +4,10 @@ from datetime import datetime, timedelta, timezone
 import jwt
 import pytest
 
+from models import db
+from service import create_app
+from tests.conftest import TEST_SECRET
+
 pytestmark = pytest.mark.tdd_green
 
 REGISTER = "/api/v1/auth/register"
@@ -15,7 +19,7 @@ def test_register_answers_201_with_a_token(client):
 
     assert response.status_code == 201
     assert response.json["user_id"] >= 1
-    assert jwt.decode(response.json["token"], "test-secret", algorithms=["HS256"])["user_id"] == response.json["user_id"]
+    assert jwt.decode(response.json["token"], TEST_SECRET, algorithms=["HS256"])["user_id"] == response.json["user_id"]
 
 
 def test_a_new_user_has_its_username_as_display_name_and_an_empty_bio(client, register):
@@ -99,7 +103,7 @@ def test_login_without_password_is_400(client):
 
 
 def _token(claims):
-    return {"Authorization": "Bearer " + jwt.encode(claims, "test-secret", algorithm="HS256")}
+    return {"Authorization": "Bearer " + jwt.encode(claims, TEST_SECRET, algorithm="HS256")}
 
 
 @pytest.mark.parametrize("headers", [
@@ -110,7 +114,7 @@ def _token(claims):
     _token({"user_id": 1}),
     _token({"user_id": 1, "exp": datetime.now(timezone.utc) - timedelta(seconds=1)}),
     {"Authorization": "Bearer " + jwt.encode({"user_id": 1, "exp": datetime.now(timezone.utc) + timedelta(hours=1)},
-                                             "other-secret", algorithm="HS256")},
+                                             "another-secret-key-that-is-also-long-enough", algorithm="HS256")},
 ])
 def test_a_write_without_a_valid_token_is_401(client, register, headers):
     register("alice")
@@ -121,11 +125,10 @@ def test_a_write_without_a_valid_token_is_401(client, register, headers):
     assert "error" in response.json
 
 
-def test_login_is_rate_limited_per_client_with_retry_after(app, client):
-    app_limited = app  # the limiter reads RATE_LIMIT_ENABLED when the app is built
-    from service import create_app
-    limited = create_app({**app_limited.config, "RATE_LIMIT_ENABLED": True, "RATE_LIMIT_AUTH": "2 per minute"},
-                         redis_client=app.extensions["profile_service"].redis).test_client()
+def test_login_is_rate_limited_per_client_with_retry_after(app, app_config, redis_client):
+    limited_app = create_app({**app_config, "RATE_LIMIT_ENABLED": True, "RATE_LIMIT_AUTH": "2 per minute"},
+                             redis_client=redis_client)
+    limited = limited_app.test_client()
     body = {"email": "x@example.com", "password": "password123"}
 
     answers = [limited.post(LOGIN, json=body) for _ in range(3)]
@@ -133,3 +136,5 @@ def test_login_is_rate_limited_per_client_with_retry_after(app, client):
     assert [a.status_code for a in answers] == [401, 401, 429]
     assert int(answers[-1].headers["Retry-After"]) > 0
     assert "error" in answers[-1].json
+    with limited_app.app_context():
+        db.engine.dispose()
