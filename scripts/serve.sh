@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set everything up and run the service under gunicorn on http://127.0.0.1:8000.
+# Embedded defaults: SQLite (./profile-service.db) with demo data and an in-process cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+export FLASK_APP=wsgi
+.venv/bin/flask db upgrade
+.venv/bin/flask seed --if-empty
+# The in-process cache is private to one process, so without REDIS_URL only one worker may run.
+workers=1
+[ -n "${REDIS_URL:-}" ] && workers="${WEB_CONCURRENCY:-$(( $(nproc) * 2 ))}"
+exec .venv/bin/gunicorn --workers "$workers" --threads "${WEB_THREADS:-4}" \
+  --bind "${BIND:-127.0.0.1:8000}" --access-logfile - wsgi:app
