@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import click
 from flask import Flask, current_app
+from flask.cli import with_appcontext
 from PIL import Image, ImageDraw
 from sqlalchemy import func, insert, select
 from werkzeug.security import generate_password_hash
@@ -30,6 +31,7 @@ def register_commands(app: Flask) -> None:
 
 
 @click.command("create-user")
+@with_appcontext
 @click.option("--email", required=True)
 @click.option("--username", required=True)
 @click.option("--password", required=True, prompt=True, hide_input=True)
@@ -67,6 +69,7 @@ def _demo_media() -> tuple[list[tuple[str, str]], list[str]]:
 
 
 @click.command("seed")
+@with_appcontext
 @click.option("--users", default=200, show_default=True, help="Number of users to create.")
 @click.option("--flyers-per-user", default=5, show_default=True, help="Flyers for each ordinary user.")
 @click.option("--big-creators", default=5, show_default=True, help="Users that get --big-flyers flyers each.")

@@ -32,7 +32,12 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "CACHE_DEFAULT_TTL": float(env.get("CACHE_DEFAULT_TTL", "300")),
         "CACHE_TTL_JITTER": float(env.get("CACHE_TTL_JITTER", "0.1")),
         "CACHE_NEGATIVE_TTL": float(env.get("CACHE_NEGATIVE_TTL", "5")),
-        "CACHE_STATS_FLUSH_SECONDS": float(env.get("CACHE_STATS_FLUSH_SECONDS", "1")),
+        "CACHE_LEASE_TTL": float(env.get("CACHE_LEASE_TTL", "2")),
+        "CACHE_LEASE_WAIT": float(env.get("CACHE_LEASE_WAIT", "0.2")),
+        "CACHE_BREAKER_THRESHOLD": int(env.get("CACHE_BREAKER_THRESHOLD", "5")),
+        "CACHE_BREAKER_BASE_DELAY": float(env.get("CACHE_BREAKER_BASE_DELAY", "0.5")),
+        "CACHE_BREAKER_MAX_DELAY": float(env.get("CACHE_BREAKER_MAX_DELAY", "30")),
+        "REDIS_SOCKET_TIMEOUT": float(env.get("REDIS_SOCKET_TIMEOUT", "0.1")),
         "DB_RETRY_AFTER_SECONDS": int(env.get("DB_RETRY_AFTER_SECONDS", "5")),
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
     }
