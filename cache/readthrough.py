@@ -81,6 +81,29 @@ class ReadThroughCache:
             return self._wait(family, payload, variant, loader)
         return self._load_and_fill(family, payload, variant, token, loader)
 
+    def peek(self, family: str, key: str, *, variant: str = "",
+             generation_key: str | None = None) -> Entry | None:
+        """Return the stored answer on a hit (counted as one), else None: never loads, never leases.
+
+        For a caller that answers hits before doing any other work; on None it goes on
+        to `get_or_load`, which counts that lookup.
+        """
+        if self._invalidator.pending or not self.breaker.allow():
+            return None
+        try:
+            if generation_key is None:
+                raw = self.client.hget(key, variant)
+            else:
+                raw = self._scripts.peek(keys=[key, generation_key], args=[variant, GENERATION_SEPARATOR])
+        except redis.RedisError:
+            self.breaker.record_failure()
+            return None
+        self.breaker.record_success()
+        if raw is None:
+            return None
+        self.stats.record(family, HIT)
+        return from_stored(raw, HIT)
+
     def invalidate(self, *, keys: Iterable[str] = (), generations: Iterable[tuple[str, str]] = (),
                    families: Iterable[str] = ()) -> bool:
         """Delete `keys` and bump each `(generation_key, pages_base)`; False if queued for replay.

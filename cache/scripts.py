@@ -54,6 +54,13 @@ return 1
 """KEYS: hash. ARGV: field, lease field, token, value, ttl ms, lease prefix.
 Writes only while this token's lease is still in the hash; 1 if written."""
 
+PEEK = """
+local key = KEYS[1] .. ARGV[2] .. (redis.call('GET', KEYS[2]) or '0')
+return redis.call('HGET', key, ARGV[1])
+"""
+"""KEYS: pages base, generation key. ARGV: field, generation separator. The stored
+value of the live generation's field, or nil; read-only (no lease)."""
+
 RELEASE = """
 local lease = redis.call('HGET', KEYS[1], ARGV[1])
 if not lease then return 0 end
@@ -87,6 +94,7 @@ class Scripts:
         self.lookup = client.register_script(LOOKUP)
         self.fill = client.register_script(FILL)
         self.release = client.register_script(RELEASE)
+        self.peek = client.register_script(PEEK)
         self.bump = client.register_script(BUMP_GENERATION)
 
     def queue_bump(self, pipe: redis.client.Pipeline, generation_key: str, pages_base: str,

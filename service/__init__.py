@@ -18,6 +18,7 @@ from service import invalidation
 from service.config import load_config
 from service.errors import register_error_handlers
 from service.extension import EXTENSION, Services
+from service.fast_path import CachedReads
 from service.storage import LocalStorage
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
@@ -77,4 +78,6 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
 
     from service.commands import register_commands
     register_commands(app)
+    if app.config["CACHE_FAST_PATH"]:
+        app.wsgi_app = CachedReads(app.wsgi_app, app.extensions[EXTENSION].cache, app.config)
     return app

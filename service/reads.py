@@ -5,6 +5,7 @@ so a flyer appears on and leaves its creator's pages to the second with a warm c
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from flask import current_app
@@ -13,6 +14,34 @@ from cache import NOT_FOUND, Entry, Loaded, keys
 from models import queries
 from service.extension import services
 from service.representations import flyer_json, page_json, profile_json
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """Where one cached read lives: what ``ReadThroughCache.get_or_load`` and ``peek`` take."""
+
+    family: str
+    key: str
+    variant: str
+    generation_key: str | None = None
+
+
+def profile_lookup(user_id: int, base_url: str) -> Lookup:
+    return Lookup("profile", keys.profile_key(user_id), base_url)
+
+
+def page_lookup(user_id: int, page: int, page_size: int, base_url: str) -> Lookup:
+    return Lookup("flyer_page", keys.pages_key(user_id), keys.page_field(page, page_size, base_url),
+                  keys.generation_key(user_id))
+
+
+def flyer_lookup(flyer_id: int, base_url: str) -> Lookup:
+    return Lookup("flyer", keys.flyer_key(flyer_id), base_url)
+
+
+def _read(lookup: Lookup, load) -> Entry:
+    return services().cache.get_or_load(lookup.family, lookup.key, load, variant=lookup.variant,
+                                        generation_key=lookup.generation_key)
 
 
 def ttl_until(now: datetime, next_change: datetime | None, *, negative: bool = False) -> float:
@@ -38,7 +67,7 @@ def read_profile(user_id: int, base_url: str) -> Entry:
         stats = queries.get_creator_stats(user_id, now)
         return Loaded(profile_json(user, stats.valid_flyers, base_url), ttl_until(now, stats.next_change))
 
-    return services().cache.get_or_load("profile", keys.profile_key(user_id), load, variant=base_url)
+    return _read(profile_lookup(user_id, base_url), load)
 
 
 def read_creator_page(user_id: int, page: int, page_size: int, base_url: str) -> Entry:
@@ -56,10 +85,7 @@ def read_creator_page(user_id: int, page: int, page_size: int, base_url: str) ->
                          [flyer_json(flyer, base_url, now) for flyer in flyers])
         return Loaded(body, ttl_until(now, stats.next_change))
 
-    return services().cache.get_or_load(
-        "flyer_page", keys.pages_key(user_id), load,
-        variant=keys.page_field(page, page_size, base_url),
-        generation_key=keys.generation_key(user_id))
+    return _read(page_lookup(user_id, page, page_size, base_url), load)
 
 
 def read_flyer(flyer_id: int, base_url: str) -> Entry:
@@ -73,4 +99,4 @@ def read_flyer(flyer_id: int, base_url: str) -> Entry:
             return Loaded(NOT_FOUND, ttl_until(now, flyer.valid_from, negative=True))
         return Loaded(flyer_json(flyer, base_url, now), ttl_until(now, flyer.valid_until))
 
-    return services().cache.get_or_load("flyer", keys.flyer_key(flyer_id), load, variant=base_url)
+    return _read(flyer_lookup(flyer_id, base_url), load)

@@ -1,0 +1,73 @@
+"""Answer cache hits of the public reads before Flask routes the request.
+
+A hit needs no routing, no request object, no app context: one Redis lookup and the stored
+bytes. Whatever this cannot answer exactly as the Flask view would (a miss, a cached 404,
+an unusual query string, a Redis fault) goes on to Flask unchanged, so both paths give the
+same answers; the tests exercise both (first read: Flask, later reads: here).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterable, Mapping
+
+from werkzeug.sansio.utils import get_host
+
+from cache import ReadThroughCache
+from service.http import NO_CACHE, etag_matches
+from service.reads import Lookup, flyer_lookup, page_lookup, profile_lookup
+from service.schemas import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+
+ROUTE = re.compile(r"/api/v1/(?:users/([1-9][0-9]{0,17})/(profile|flyers)|flyers/([1-9][0-9]{0,17}))/?")
+PAGE_ARG = re.compile(r"(page|page_size)=([1-9][0-9]{0,8})")
+
+
+def _page_args(query: str) -> tuple[int, int] | None:
+    """Parse ``page``/``page_size`` as the view would, or None for anything less plain."""
+    args = {"page": 1, "page_size": DEFAULT_PAGE_SIZE}
+    seen = set()
+    for part in query.split("&") if query else ():
+        match = PAGE_ARG.fullmatch(part)
+        if match is None or match[1] in seen:
+            return None
+        seen.add(match[1])
+        args[match[1]] = int(match[2])
+    return args["page"], min(args["page_size"], MAX_PAGE_SIZE)
+
+
+class CachedReads:
+    """WSGI middleware: serve GET hits of profiles, creator pages and flyers from the cache."""
+
+    def __init__(self, app: Callable, cache: ReadThroughCache, config: Mapping[str, Any]) -> None:
+        self.app = app
+        self.cache = cache
+        self.config = config
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        lookup = self._lookup(environ) if environ["REQUEST_METHOD"] == "GET" else None
+        entry = self.cache.peek(lookup.family, lookup.key, variant=lookup.variant,
+                                generation_key=lookup.generation_key) if lookup else None
+        if entry is None or entry.body is None:
+            return self.app(environ, start_response)
+        etag = f'"{entry.etag}"'
+        if_none_match = environ.get("HTTP_IF_NONE_MATCH")
+        if if_none_match and etag_matches(if_none_match, entry.etag):
+            start_response("304 NOT MODIFIED", [("ETag", etag), ("Cache-Control", NO_CACHE)])
+            return []
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(entry.body))),
+                                  ("ETag", etag), ("Cache-Control", NO_CACHE)])
+        return [entry.body]
+
+    def _lookup(self, environ: dict[str, Any]) -> Lookup | None:
+        match = ROUTE.fullmatch(environ.get("PATH_INFO", ""))
+        if match is None:
+            return None
+        base = self.config["PUBLIC_BASE_URL"] or "{}://{}".format(environ["wsgi.url_scheme"], get_host(
+            environ["wsgi.url_scheme"], environ.get("HTTP_HOST"),
+            (environ.get("SERVER_NAME", ""), int(environ.get("SERVER_PORT") or 0))))
+        query = environ.get("QUERY_STRING", "")
+        if match[3]:
+            return flyer_lookup(int(match[3]), base) if not query else None
+        if match[2] == "profile":
+            return profile_lookup(int(match[1]), base) if not query else None
+        args = _page_args(query)
+        return page_lookup(int(match[1]), args[0], args[1], base) if args else None

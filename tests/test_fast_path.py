@@ -1,0 +1,95 @@
+"""Cache hits answered before Flask: the same answers as the Flask views, with no routing."""
+import pytest
+
+from models import db
+from service import create_app
+
+pytestmark = pytest.mark.tdd_green
+
+PATHS = ["/api/v1/users/{uid}/profile", "/api/v1/users/{uid}/profile/", "/api/v1/users/{uid}/flyers",
+         "/api/v1/users/{uid}/flyers?page=2&page_size=1", "/api/v1/users/{uid}/flyers?page_size=500",
+         "/api/v1/flyers/{fid}"]
+
+
+@pytest.fixture
+def flask_requests(app):
+    """Count the requests that reach Flask (from when the test starts acting)."""
+    seen = []
+    app.before_request(lambda: seen.append(1) and None)
+    return seen
+
+
+@pytest.fixture
+def creator(flask_requests, register, add_flyer):
+    """A creator with two flyers; the requests that set it up are not counted."""
+    user_id, _ = register("alice")
+    flyers = [add_flyer(user_id) for _ in range(2)]
+    flask_requests.clear()
+    return user_id, flyers
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_hit_is_answered_before_flask_with_the_same_answer(client, creator, flask_requests, path):
+    user_id, flyer_ids = creator
+    url = path.format(uid=user_id, fid=flyer_ids[0])
+    through_flask = client.get(url)
+
+    hit = client.get(url)
+
+    assert len(flask_requests) == 1
+    assert (hit.status_code, hit.data) == (through_flask.status_code, through_flask.data)
+    for header in ("ETag", "Cache-Control", "Content-Type", "Content-Length"):
+        assert hit.headers[header] == through_flask.headers[header]
+
+
+def test_a_hit_with_a_matching_etag_is_304_before_flask(client, creator, flask_requests):
+    user_id, _ = creator
+    etag = client.get(f"/api/v1/users/{user_id}/profile").headers["ETag"]
+
+    response = client.get(f"/api/v1/users/{user_id}/profile", headers={"If-None-Match": f"W/{etag}, \"x\""})
+
+    assert response.status_code == 304
+    assert len(flask_requests) == 1
+
+
+@pytest.mark.parametrize("query", ["?page=1&page=2", "?page=0", "?page_size=x", "?page=1&other=2"])
+def test_unusual_query_strings_go_to_flask(client, creator, flask_requests, query):
+    user_id, _ = creator
+    client.get(f"/api/v1/users/{user_id}/flyers")
+
+    client.get(f"/api/v1/users/{user_id}/flyers{query}")
+
+    assert len(flask_requests) == 2
+
+
+def test_each_host_gets_its_own_absolute_urls(client, creator):
+    user_id, _ = creator
+    client.get(f"/api/v1/users/{user_id}/flyers")
+
+    other = client.get(f"/api/v1/users/{user_id}/flyers", base_url="https://cdn.example.org")
+
+    assert other.json["results"][0]["images"][0]["url"].startswith("https://cdn.example.org/media/")
+
+
+def test_cached_404s_go_to_flask(client, flask_requests):
+    client.get("/api/v1/users/99/profile")
+
+    response = client.get("/api/v1/users/99/profile")
+
+    assert response.status_code == 404
+    assert len(flask_requests) == 2
+
+
+def test_the_fast_path_can_be_turned_off(app, app_config, redis_client):
+    app = create_app({**app_config, "CACHE_FAST_PATH": False}, redis_client=redis_client)
+    client = app.test_client()
+    body = {"email": "a@example.com", "password": "password123", "username": "alice"}
+    user_id = client.post("/api/v1/auth/register", json=body).json["user_id"]
+
+    client.get(f"/api/v1/users/{user_id}/profile")
+    hit = client.get(f"/api/v1/users/{user_id}/profile")
+
+    assert hit.status_code == 200
+    assert app.extensions["profile_service"].stats.snapshot()["requests"]["profile"]["hit"] == 1
+    with app.app_context():
+        db.engine.dispose()
