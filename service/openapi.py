@@ -60,23 +60,32 @@ def _path_id(name: str) -> dict[str, Any]:
 
 
 IF_NONE_MATCH = {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}}
-MULTIPART_IMAGE = {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["image"],
-    "properties": {"image": {"type": "string", "format": "binary",
-                             "description": "JPEG, PNG, WebP, GIF or HEIC, at most 5 MB"}}}}}
+IMAGE_TYPES = "image/jpeg, image/png, image/webp, image/gif, image/heic, image/heif"
+IMAGE = {"type": "string", "format": "binary", "minLength": 1,
+         "description": "A JPEG, PNG, WebP, GIF or HEIC image of at most 5 MB, recognised by its content; "
+                        "anything else answers 400, a larger file 413."}
+MULTIPART_IMAGE = {"multipart/form-data": {
+    "schema": {"type": "object", "required": ["image"], "additionalProperties": False,
+               "properties": {"image": IMAGE}},
+    "encoding": {"image": {"contentType": IMAGE_TYPES}}}}
 
 
-def _flyer_form() -> dict[str, Any]:
-    properties = {f"image_{n}": {"type": "string", "format": "binary"} for n in range(1, 6)}
-    return {"multipart/form-data": {"schema": {"allOf": [
-        {"$ref": "#/components/schemas/FlyerFields"},
-        {"type": "object", "required": ["image_1"], "properties": properties}]}}}
+def _flyer_form(converter: Any) -> dict[str, Any]:
+    """The multipart form of a new flyer: the flat flyer fields plus ``image_1`` to ``image_5``."""
+    form = converter.schema2jsonschema(schemas.FlyerFieldsSchema)
+    form["properties"].update({f"image_{n}": IMAGE for n in range(1, 6)})
+    form["required"] = [*form.get("required", []), "image_1"]
+    form["description"] = ("valid_from defaults to now, valid_until to valid_from + 30 days; "
+                           "valid_until must be after valid_from.")
+    return {"multipart/form-data": {"schema": form,
+                                    "encoding": {f"image_{n}": {"contentType": IMAGE_TYPES} for n in range(1, 6)}}}
 
 
 def build_spec() -> dict[str, Any]:
     """Return the OpenAPI 3 document of the whole API as a dict."""
+    marshmallow = MarshmallowPlugin()
     spec = APISpec(title="Profile service", version="1.0.0", openapi_version="3.0.3",
-                   plugins=[MarshmallowPlugin()])
+                   plugins=[marshmallow])
     spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     for name, header in HEADERS.items():
         spec.components.header(name, header)
@@ -85,7 +94,8 @@ def build_spec() -> dict[str, Any]:
         spec.components.schema(name, schema=getattr(schemas, f"{name}Schema"))
     profile_write = {200: _json("Profile", "The updated profile", "ETag", "Cache-Control")}
     page_params = [_path_id("user_id"), IF_NONE_MATCH,
-                   {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
+                   {"name": "page", "in": "query", "schema": {
+                       "type": "integer", "minimum": 1, "maximum": schemas.MAX_PAGE, "default": 1}},
                    {"name": "page_size", "in": "query", "schema": {
                        "type": "integer", "minimum": 1, "default": 20,
                        "description": "Values above 50 are clamped to 50"}}]
@@ -93,11 +103,11 @@ def build_spec() -> dict[str, Any]:
         "/api/v1/auth/register": {"post": {
             "summary": "Register an account", "requestBody": {"required": True, "content": {
                 "application/json": {"schema": "Register"}}},
-            "responses": {201: _json("Token", "Registered"), **_errors(400, 409, 415, 429)}}},
+            "responses": {201: _json("Token", "Registered"), **_errors(400, 409, 413, 415, 429, 503)}}},
         "/api/v1/auth/login": {"post": {
             "summary": "Log in", "requestBody": {"required": True, "content": {
                 "application/json": {"schema": "Login"}}},
-            "responses": {200: _json("Token", "Logged in"), **_errors(400, 401, 415, 429)}}},
+            "responses": {200: _json("Token", "Logged in"), **_errors(400, 401, 413, 415, 429, 503)}}},
         "/api/v1/users/{user_id}/profile": {
             "get": _cached_read("Profile", "Read a profile", [_path_id("user_id"), IF_NONE_MATCH], 404, 503),
             "patch": {"summary": "Edit your own profile", "security": BEARER, "parameters": [_path_id("user_id")],
@@ -120,7 +130,7 @@ def build_spec() -> dict[str, Any]:
         "/api/v1/users/{user_id}/flyers": {
             "get": _cached_read("FlyerPage", "A creator's valid flyers, newest first", page_params, 400, 404, 503)},
         "/api/v1/flyers": {"post": {
-            "summary": "Create a flyer", "security": BEARER, "requestBody": {"required": True, "content": _flyer_form()},
+            "summary": "Create a flyer", "security": BEARER, "requestBody": {"required": True, "content": _flyer_form(marshmallow.converter)},
             "responses": {201: _json("Flyer", "Created", "Location", "ETag", "Cache-Control"),
                           **_errors(400, 401, 404, 413, 415, 503)}}},
         "/api/v1/flyers/{flyer_id}": {

@@ -9,7 +9,7 @@ from models import Flyer, User
 
 def iso(moment: datetime) -> str:
     """Format a naive UTC datetime as ISO 8601 with a ``Z``."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.isoformat(timespec="seconds") + "Z"
 
 
 def media_url(base_url: str, key: str | None) -> str | None:
