@@ -32,14 +32,34 @@ def _process(function: Any, data: bytes, field: str) -> Any:
         raise APIError(error.message, {field: [error.message]}, status=error.status) from None
 
 
-def _delete_files(keys: list[str | None]) -> None:
+def _delete_files(keys: list[str | None], *, owner: int | None = None) -> None:
+    """Delete the files behind ``keys``; given ``owner``, only those that user's row does not point at.
+
+    Names are content hashes, so a concurrent upload of the same bytes reuses a file we are about to
+    delete. Reading the row under its lock and deleting before the lock is released settles it: that
+    upload either committed first (the file is kept) or takes the lock after us, finds the file gone
+    and writes it again. If the database cannot say, the files stay: an orphan beats a dangling URL.
+    """
+    doomed = {key for key in keys if key}
+    locked = owner is not None and bool(doomed)
+    if locked:
+        try:
+            row = db.session.execute(select(User.picture_key, User.thumbnail_key)
+                                     .where(User.id == owner).with_for_update()).first()
+        except Exception:
+            log.warning("could not check which files user %s uses; keeping %s", owner, sorted(doomed),
+                        exc_info=True)
+            db.session.rollback()
+            return
+        doomed -= set(row or ())
     storage = services().storage
-    for key in keys:
-        if key:
-            try:
-                storage.delete(key)
-            except OSError:
-                log.warning("could not delete media file %s", key, exc_info=True)
+    for key in sorted(doomed):
+        try:
+            storage.delete(key)
+        except OSError:
+            log.warning("could not delete media file %s", key, exc_info=True)
+    if locked:
+        db.session.rollback()  # ends the read-only transaction, releasing the row lock once the files are gone
 
 
 def update_profile(user_id: int, changes: dict[str, Any]) -> None:
@@ -55,20 +75,22 @@ def set_profile_picture(user_id: int, data: bytes) -> None:
     picture = _process(process_profile_picture, data, "image")
     storage = services().storage
     folder = f"avatars/{user_id}"
-    new_keys = [storage.put(folder, picture.full.data), storage.put(folder, picture.thumbnail.data, "_128")]
+    old_keys: list[str | None] = []
+    new_keys: list[str] = []
     try:
         user = _user_for_update(user_id)
         old_keys = [user.picture_key, user.thumbnail_key]
+        # Written under the row lock, so a same-named file that a concurrent upload deleted is written again.
+        new_keys.append(storage.put(folder, picture.full.data))
+        new_keys.append(storage.put(folder, picture.thumbnail.data, "_128"))
         user.picture_key, user.thumbnail_key = new_keys
         db.session.commit()
     except BaseException:
         db.session.rollback()
-        current = db.session.execute(select(User.picture_key, User.thumbnail_key)
-                                     .where(User.id == user_id)).first()
-        # Same bytes give the same name: never delete a file the profile still points at.
-        _delete_files([key for key in new_keys if current is None or key not in tuple(current)])
+        # A commit can land and still raise (a lost connection): the row, read again, says which files to keep.
+        _delete_files([*old_keys, *new_keys], owner=user_id)
         raise
-    _delete_files([key for key in old_keys if key not in new_keys])
+    _delete_files([key for key in old_keys if key not in new_keys], owner=user_id)
 
 
 def delete_profile_picture(user_id: int) -> None:
@@ -76,8 +98,13 @@ def delete_profile_picture(user_id: int) -> None:
     user = _user_for_update(user_id)
     old_keys = [user.picture_key, user.thumbnail_key]
     user.picture_key = user.thumbnail_key = None
-    db.session.commit()
-    _delete_files(old_keys)
+    try:
+        db.session.commit()
+    except BaseException:
+        db.session.rollback()
+        _delete_files(old_keys, owner=user_id)
+        raise
+    _delete_files(old_keys, owner=user_id)
 
 
 def create_flyer(creator_id: int, fields: dict[str, Any], images: list[bytes], now: datetime) -> int:
