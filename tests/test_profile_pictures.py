@@ -43,6 +43,15 @@ def _storage_listing(app):
             for path in sorted(root.rglob("*"))}
 
 
+def _files(app):
+    return {name for name, data in _storage_listing(app).items() if data is not None}
+
+
+def _keys(profile):
+    return {urlsplit(profile[field]).path.removeprefix("/media/")
+            for field in ("profile_picture_url", "profile_picture_thumbnail_url")}
+
+
 def _picture_fields(client, user_id):
     profile = client.get(f"/api/v1/users/{user_id}/profile").json
     return profile["profile_picture_url"], profile["profile_picture_thumbnail_url"]
@@ -101,9 +110,7 @@ def test_uploaded_files_are_the_only_files_in_storage(app, client, register, jpe
 
     profile = _upload(client, headers, jpeg).json
 
-    files = {name for name, data in _storage_listing(app).items() if data is not None}
-    assert files == {urlsplit(profile[field]).path.removeprefix("/media/")
-                     for field in ("profile_picture_url", "profile_picture_thumbnail_url")}
+    assert _files(app) == _keys(profile)
 
 
 def test_a_second_upload_replaces_the_first_and_deletes_its_files(app, client, register):
@@ -113,9 +120,7 @@ def test_a_second_upload_replaces_the_first_and_deletes_its_files(app, client, r
     second = _upload(client, headers, jpeg_bytes(color=(0, 0, 200))).json
 
     assert second["profile_picture_url"] != first["profile_picture_url"]
-    files = {name for name, data in _storage_listing(app).items() if data is not None}
-    assert files == {urlsplit(second[field]).path.removeprefix("/media/")
-                     for field in ("profile_picture_url", "profile_picture_thumbnail_url")}
+    assert _files(app) == _keys(second)
     assert _media(client, first["profile_picture_url"]).status_code == 404
     assert _media(client, second["profile_picture_url"]).status_code == 200
 
@@ -143,7 +148,7 @@ def test_delete_answers_the_profile_without_pictures_and_deletes_the_files(app, 
     assert response.json["user_id"] == user_id
     assert response.json["profile_picture_url"] is None
     assert response.json["profile_picture_thumbnail_url"] is None
-    assert not [name for name, data in _storage_listing(app).items() if data is not None]
+    assert _files(app) == set()
     assert _media(client, uploaded["profile_picture_url"]).status_code == 404
     assert _picture_fields(client, user_id) == (None, None)
 
@@ -275,7 +280,7 @@ def test_a_failed_commit_of_a_first_picture_leaves_no_files(app, client, registe
 
     assert response.status_code == 503
     assert _picture_fields(client, user_id) == (None, None)
-    assert not [name for name, data in _storage_listing(app).items() if data is not None]
+    assert _files(app) == set()
 
 
 def test_a_failed_delete_commit_keeps_the_picture_and_its_files(app, client, register, monkeypatch, jpeg):
@@ -353,15 +358,6 @@ def test_the_picture_is_rotated_and_stripped_of_metadata(client, register):
 
     assert stored.size == (500, 750)
     assert not stored.getexif() and "icc_profile" not in stored.info
-
-
-def _files(app):
-    return {name for name, data in _storage_listing(app).items() if data is not None}
-
-
-def _keys(profile):
-    return {urlsplit(profile[field]).path.removeprefix("/media/")
-            for field in ("profile_picture_url", "profile_picture_thumbnail_url")}
 
 
 def _upload_elsewhere(app, client, headers, data):
