@@ -54,6 +54,9 @@ def upload_picture() -> Response:
     upload = request.files.get("image")
     if upload is None:
         raise BadRequest("Invalid input", {"image": ["An image file is required."]})
+    unknown = [name for name in (*request.form, *request.files) if name != "image"]
+    if unknown:
+        raise BadRequest("Invalid input", {name: ["Unknown field."] for name in unknown})
     writes.set_profile_picture(user_id, upload.stream.read(current_app.config["PICTURE_MAX_BYTES"] + 1))
     return _fresh_profile(user_id)
 

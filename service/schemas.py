@@ -41,8 +41,9 @@ class RegisterSchema(Schema):
 
     # Any RFC 5322 address (what the document's "email" format admits); it is never mailed to.
     email = fields.String(required=True, metadata={"format": "email"}, validate=[
-        validate.Length(max=254), no_control_characters,
-        validate.Regexp(r"^\S(.*\S)?@[^@\s]+$", error="Not a valid email address.")])
+        validate.Length(max=254),
+        validate.Regexp(r"^[^\s\x00-\x1F\x7F-\x9F]([^\x00-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F])?"
+                        r"@[^@\s\x00-\x1F\x7F-\x9F]+$", error="Not a valid email address.")])
     password = fields.String(required=True, load_only=True,
                              validate=[validate.Length(min=8, max=128), no_control_characters])
     username = fields.String(required=True, validate=validate.Regexp(

@@ -201,6 +201,16 @@ def test_upload_without_the_image_field_is_400(client, register, jpeg):
     assert response.json["details"] == {"image": ["An image file is required."]}
 
 
+def test_upload_with_an_unknown_field_is_400(client, register, jpeg):
+    _, headers = register("alice")
+
+    response = client.post("/api/v1/users/me/profile/picture", headers=headers, content_type="multipart/form-data",
+                           data={"image": (io.BytesIO(jpeg), "a.jpg"), "caption": "hi"})
+
+    assert response.status_code == 400
+    assert response.json["details"] == {"caption": ["Unknown field."]}
+
+
 @pytest.mark.parametrize("name", BAD_UPLOADS)
 def test_a_bad_upload_is_refused_and_keeps_the_previous_picture(app, client, register, jpeg, name):
     data, filename, status = BAD_UPLOADS[name]
