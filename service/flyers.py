@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request, url_for
 
+from models import queries
 from service import writes
 from service.auth import caller_id
 from service.errors import BadRequest, NotFound
 from service.extension import services
-from models import queries
 from service.http import base_url, cached_answer, json_body, json_response, require_multipart
 from service.reads import read_creator_page, read_flyer
 from service.representations import flyer_json
