@@ -74,11 +74,25 @@ def _demo_media() -> tuple[list[tuple[str, str]], list[str]]:
 @click.option("--flyers-per-user", default=5, show_default=True, help="Flyers for each ordinary user.")
 @click.option("--big-creators", default=5, show_default=True, help="Users that get --big-flyers flyers each.")
 @click.option("--big-flyers", default=150, show_default=True, help="Flyers for each big creator.")
+@click.option("--creators", default=0, show_default=True,
+              help="Users after the big creators that get --flyers-min to --flyers-max flyers each.")
+@click.option("--flyers-min", default=100, show_default=True, help="Fewest flyers of a --creators user.")
+@click.option("--flyers-max", default=300, show_default=True, help="Most flyers of a --creators user.")
+@click.option("--giant-flyers", multiple=True, type=click.IntRange(min=0),
+              help="One creator with exactly this many flyers; repeat for more (they are the first users).")
 @click.option("--if-empty", is_flag=True, help="Do nothing when the database already has users.")
 @click.option("--seed", "seed_value", default=1, show_default=True, help="Random seed.")
-def seed(users: int, flyers_per_user: int, big_creators: int, big_flyers: int,
-         if_empty: bool, seed_value: int) -> None:
-    """Fill the database with realistic demo data, fast (bulk inserts)."""
+def seed(users: int, flyers_per_user: int, big_creators: int, big_flyers: int, creators: int,
+         flyers_min: int, flyers_max: int, giant_flyers: tuple[int, ...], if_empty: bool,
+         seed_value: int) -> None:
+    """Fill the database with realistic demo data, fast (bulk inserts).
+
+    Users get their flyers in this order: one per --giant-flyers value, then --big-creators
+    with --big-flyers each, then --creators with --flyers-min..--flyers-max each, and every
+    other user --flyers-per-user.
+    """
+    if not 0 <= flyers_min <= flyers_max:
+        raise click.BadParameter("need 0 <= --flyers-min <= --flyers-max", param_hint="--flyers-min")
     if if_empty and db.session.scalar(select(func.count(User.id))):
         click.echo("database already has users; not seeding")
         return
@@ -101,7 +115,10 @@ def seed(users: int, flyers_per_user: int, big_creators: int, big_flyers: int,
     db.session.execute(insert(User), user_rows)
     user_ids = list(db.session.scalars(select(User.id).where(User.id >= first_id).order_by(User.id)))
 
-    plan = [(uid, big_flyers if index < big_creators else flyers_per_user) for index, uid in enumerate(user_ids)]
+    counts = [*giant_flyers, *[big_flyers] * big_creators]
+    counts += [rng.randint(flyers_min, flyers_max) for _ in range(creators)]
+    plan = [(uid, counts[index] if index < len(counts) else flyers_per_user)
+            for index, uid in enumerate(user_ids)]
     total = sum(count for _, count in plan)
     first_flyer = (db.session.scalar(select(func.max(Flyer.id))) or 0) + 1
     flyer_rows: list[dict] = []

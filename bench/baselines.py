@@ -1,0 +1,149 @@
+"""The apps the service is compared with, each served by the same gunicorn settings.
+
+    gunicorn -c python:bench.gunicorn_conf --workers 4 --bind 127.0.0.1:PORT "bench.baselines:create('NAME')"
+
+- ``floor-static``: an empty Flask route answering constant bytes (what Flask + gunicorn cost).
+- ``floor-redis``: a Flask route answering one Redis GET of a preset key (the least a
+  Redis-backed hit can cost).
+- ``flask-caching``: the profile and creator-page endpoints written the idiomatic
+  Flask-Caching way: ``@cache.cached(query_string=True)`` on views that run the service's own
+  queries and build the service's own JSON, a RedisCache on db 1 under the ``fc:`` prefix,
+  ``cache.delete_cached`` after a profile write, and werkzeug's ETag/304 handling.
+- ``no-cache``: the same views with no cache, so every request queries SQL.
+
+Settings come from the environment, read by the service's own ``load_config``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from flask import Flask, Response, abort, request
+
+FLOOR_KEY = "bench:floor"
+FLOOR_PATH = "/floor"
+FLASK_CACHING_PREFIX = "fc:"
+NAMES = ("floor-static", "floor-redis", "flask-caching", "no-cache")
+# A profile-sized answer: the floors send as many bytes as a profile hit does.
+FLOOR_BODY = (b'{"user_id":5,"username":"user4_1_1","display_name":"Demo user 4","bio":"Festival lover '
+              b'from Zurich.","profile_picture_url":"http://127.0.0.1:8000/media/avatars/demo/91be85a8af1'
+              b'e8299.jpg","profile_picture_thumbnail_url":"http://127.0.0.1:8000/media/avatars/demo/b4a89'
+              b'195734e58a8_128.jpg","flyer_count":121,"created_at":"2026-08-24T01:21:43Z","updated_at":'
+              b'"2026-08-24T01:21:43Z"}')
+
+
+def create(name: str | None = None) -> Flask:
+    """Build the baseline ``name`` (default: the BASELINE environment variable)."""
+    name = name or os.environ["BASELINE"]
+    if name == "floor-static":
+        return _floor_static()
+    if name == "floor-redis":
+        return _floor_redis()
+    if name in ("flask-caching", "no-cache"):
+        return _endpoints(cached=name == "flask-caching")
+    raise ValueError(f"unknown baseline {name!r}; expected one of {', '.join(NAMES)}")
+
+
+def _floor_static() -> Flask:
+    app = Flask(__name__)
+
+    @app.get(FLOOR_PATH)
+    def floor() -> Response:
+        return Response(FLOOR_BODY, mimetype="application/json")
+
+    return app
+
+
+def _floor_redis() -> Flask:
+    from cache import make_client
+    from service.config import load_config
+
+    app = Flask(__name__)
+    client = make_client(load_config()["REDIS_URL"])  # the service's client: same pool, parser, timeouts
+
+    @app.get(FLOOR_PATH)
+    def floor() -> Response:
+        body = client.get(FLOOR_KEY)
+        if body is None:
+            abort(404)
+        return Response(body, mimetype="application/json")
+
+    return app
+
+
+def _endpoints(*, cached: bool) -> Flask:
+    from models import User, db
+    from models import queries
+    from models.base import utcnow
+    from service.auth import require_owner
+    from service.config import load_config
+    from service.http import base_url, json_body
+    from service.representations import flyer_json, page_json, profile_json
+    from service.schemas import PageArgsSchema, ProfileUpdateSchema
+
+    app = Flask(__name__)
+    app.config.update(load_config())
+    app.json.sort_keys = False
+    db.init_app(app)
+
+    decorate: Callable[[Callable[..., Any]], Callable[..., Any]] = lambda view: view  # noqa: E731
+    cache = None
+    if cached:
+        from flask_caching import Cache
+        cache = Cache(app, config={
+            "CACHE_TYPE": "RedisCache",
+            "CACHE_REDIS_URL": app.config["REDIS_URL"],
+            "CACHE_KEY_PREFIX": FLASK_CACHING_PREFIX,
+            "CACHE_DEFAULT_TIMEOUT": int(app.config["CACHE_DEFAULT_TTL"]),
+        })
+        decorate = cache.cached(query_string=True)
+
+    @app.get("/api/v1/users/<int:user_id>/profile")
+    @decorate
+    def get_profile(user_id: int) -> Any:
+        user = queries.get_user(user_id)
+        if user is None:
+            abort(404)
+        stats = queries.get_creator_stats(user_id, utcnow())
+        return profile_json(user, stats.valid_flyers, base_url())
+
+    @app.get("/api/v1/users/<int:user_id>/flyers")
+    @decorate
+    def list_flyers(user_id: int) -> Any:
+        args = PageArgsSchema().load(request.args)
+        page, page_size = args["page"], args["page_size"]
+        now = utcnow()
+        if queries.get_user(user_id) is None:
+            abort(404)
+        stats = queries.get_creator_stats(user_id, now)
+        offset = (page - 1) * page_size
+        if page > 1 and offset >= stats.valid_flyers:
+            abort(404)
+        flyers = queries.list_creator_flyers(user_id, now, offset, page_size) if stats.valid_flyers else []
+        return page_json(stats.valid_flyers, page, page_size, f"{base_url()}/api/v1/users/{user_id}/flyers",
+                         [flyer_json(flyer, base_url(), now) for flyer in flyers])
+
+    @app.patch("/api/v1/users/<int:user_id>/profile")
+    def patch_profile(user_id: int) -> Any:
+        changes = ProfileUpdateSchema().load(json_body())
+        user = db.session.get(User, require_owner(user_id))
+        if user is None:
+            abort(404)
+        for field, value in changes.items():
+            setattr(user, field, value)
+        db.session.commit()
+        if cache is not None:
+            # The idiom: delete the view's key after the commit. Pages embed only the creator's
+            # name and avatar, so a bio change leaves them alone.
+            cache.delete_cached(get_profile, path=f"/api/v1/users/{user_id}/profile", query_args={})
+        return get_profile(user_id)
+
+    @app.after_request
+    def conditional(response: Response) -> Response:
+        # werkzeug's own ETag and If-None-Match handling, the usual way to get 304s in Flask.
+        if request.method == "GET" and response.status_code == 200:
+            response.add_etag()
+            response.make_conditional(request)
+        return response
+
+    return app

@@ -1,0 +1,54 @@
+"""Gunicorn hooks for benchmark runs only: export per-worker counters (see bench/counters.py).
+
+Loaded with ``-c python:bench.gunicorn_conf``; it changes no server setting (workers, bind
+and worker class come from the command line). Without BENCH_COUNTERS_DIR it does nothing.
+Cost inside a worker: one Python call per SQL statement and per pool checkout, and a
+thread that copies the cache counters every 20 ms; cache hits run no extra code.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import threading
+import time
+
+from bench.counters import INDEX, RESULTS, SIZE
+
+
+def post_worker_init(worker) -> None:
+    directory = os.environ.get("BENCH_COUNTERS_DIR")
+    if not directory:
+        return
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+    from sqlalchemy.pool import Pool
+
+    path = os.path.join(directory, f"{os.getpid()}.cnt")
+    with open(path, "w+b") as file:
+        file.truncate(SIZE)
+        slots = mmap.mmap(file.fileno(), SIZE)
+    counts = {"statements": 0, "checkouts": 0}
+
+    def count(name: str) -> None:
+        counts[name] += 1
+        struct.pack_into("<q", slots, 8 * INDEX[name], counts[name])
+
+    event.listen(Engine, "before_cursor_execute", lambda *args: count("statements"))
+    event.listen(Pool, "checkout", lambda *args: count("checkouts"))
+
+    extensions = getattr(getattr(worker, "wsgi", None), "extensions", {})
+    stats = getattr(extensions.get("profile_service"), "stats", None)
+    if stats is None:
+        return  # a baseline app: it has no cache counters
+
+    def copy_stats() -> None:
+        while True:
+            time.sleep(0.02)
+            for family, results in stats.snapshot()["requests"].items():
+                for result, n in results.items():
+                    slot = INDEX.get(f"{family}|{result}")
+                    if slot is not None and result in RESULTS:
+                        struct.pack_into("<q", slots, 8 * slot, n)
+
+    threading.Thread(target=copy_stats, name="bench-counters", daemon=True).start()

@@ -1,0 +1,676 @@
+"""Benchmark the profile service against its baselines under gunicorn, driven by wrk.
+
+    .venv/bin/python -m bench.run               # full run (~10 min): PostgreSQL db "bench", writes bench/RESULTS.md
+    .venv/bin/python -m bench.run --smoke       # < 60 s: tiny data, 1 s rows, writes bench/out/RESULTS-smoke.md
+    .venv/bin/python -m bench.run --help        # durations, connections, gunicorn settings, subsets
+
+Needs PostgreSQL at 127.0.0.1:5432 (user postgres; smoke mode falls back to SQLite), Redis at
+127.0.0.1:6379 (db 1 only: it is flushed between rows), and wrk (installed with apt-get when
+missing and running as root; smoke mode falls back to a Python driver). Everything it starts
+listens on 127.0.0.1 only and is stopped at the end, also on errors. docs/PERFORMANCE.md
+explains the methods and the numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import fcntl
+import http.client
+import importlib.util
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import redis
+from sqlalchemy import create_engine, text
+
+from bench import counters as bench_counters
+from bench import seed as seeding
+from bench import wrk
+from bench.baselines import FLASK_CACHING_PREFIX, FLOOR_BODY, FLOOR_KEY, FLOOR_PATH
+from bench.checker import CheckerUser, StaleChecker, flyer_multipart, picture_multipart
+from bench.report import Growth, Row, growth_table, machine, table, targets, targets_table
+from bench.servers import ROOT, GunicornSettings, Server, cpu_seconds, pids_named
+
+LOCK = Path("/tmp/profile-service-bench.lock")
+PASSWORD = "password123"  # what `flask seed` gives every user
+SECRET_KEY = "benchmark-only-secret-key-0123456789abcdef0123456789"
+SERVICE_ENV_SHOWN = ("DATABASE_URL", "REDIS_URL", "RATE_LIMIT_ENABLED", "PUBLIC_BASE_URL", "MEDIA_ROOT",
+                     "BENCH_COUNTERS_DIR", "BASELINE")
+ALL_SERVERS = ("service", "flask-caching", "no-cache", "floor-static", "floor-redis")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny data and 1 s rows, for CI (< 60 s)")
+    p.add_argument("--duration", type=float, help="seconds per row (default 10, smoke 1)")
+    p.add_argument("--warmup", type=float, help="seconds of warm-up load per server (default 3, smoke 0)")
+    p.add_argument("--connections", type=int, default=32, help="wrk connections for read rows (default 32)")
+    p.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    p.add_argument("--upload-connections", type=int, default=4, help="connections for upload rows (default 4)")
+    p.add_argument("--workers", type=int, help="gunicorn workers (default 2 x cores; smoke 2)")
+    p.add_argument("--worker-class", default="sync", choices=("sync", "gthread"), help="gunicorn worker class")
+    p.add_argument("--worker-threads", type=int, default=4, help="threads per gthread worker (default 4)")
+    p.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432",
+                   help="PostgreSQL server (the database is 'bench', or 'bench_smoke' in smoke mode)")
+    p.add_argument("--redis", default="redis://127.0.0.1:6379/1", help="Redis URL; its db is flushed between rows")
+    p.add_argument("--only", default=",".join(ALL_SERVERS), help="comma-separated servers to run")
+    p.add_argument("--reseed", action="store_true", help="seed again even if the database matches")
+    p.add_argument("--results", type=Path, help="where to write the report (default bench/RESULTS.md, "
+                                                 "smoke bench/out/RESULTS-smoke.md)")
+    args = p.parse_args(argv)
+    args.duration = args.duration or (1.0 if args.smoke else 10.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.0 if args.smoke else 3.0)
+    args.workers = args.workers or (2 if args.smoke else 2 * (os.cpu_count() or 1))
+    args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(args.only) - set(ALL_SERVERS)
+    if unknown:
+        p.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    args.results = args.results or (ROOT / "bench" / "out" / "RESULTS-smoke.md" if args.smoke
+                                    else ROOT / "bench" / "RESULTS.md")
+    return args
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- setup ---------------------------------------------------------------------------------
+
+
+def ensure_tools(smoke: bool) -> list[str]:
+    notes = []
+    if importlib.util.find_spec("flask_caching") is None:
+        log("installing bench/requirements.txt into the virtualenv")
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                               "-r", str(ROOT / "bench" / "requirements.txt")], capture_output=True, text=True,
+                              timeout=300)
+        if done.returncode != 0:
+            notes.append("Flask-Caching could not be installed: the flask-caching baseline is skipped")
+            log(notes[-1] + ": " + done.stderr.strip()[-300:])
+    if not wrk.have_wrk() and not smoke and os.geteuid() == 0 and shutil.which("apt-get"):
+        log("wrk is missing: apt-get install -y wrk")
+        subprocess.run("apt-get update -qq && apt-get install -y -qq wrk", shell=True, timeout=600,
+                       capture_output=True)
+    if not wrk.have_wrk():
+        if not smoke:
+            raise SystemExit("wrk is needed: apt-get install -y wrk")
+        notes.append("wrk is not installed: rows were driven by the Python fallback driver")
+    return notes
+
+
+@contextlib.contextmanager
+def exclusive(wait_s: float):
+    LOCK.touch(exist_ok=True)
+    with LOCK.open("r+") as handle:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"another benchmark holds {LOCK}; not running two at once") from None
+                time.sleep(0.5)
+        yield
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.smoke = args.smoke
+        self.out = ROOT / "bench" / "out" / ("smoke" if self.smoke else "full")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.wrk_log = self.out / "wrk.log"
+        self.wrk_log.write_text("")
+        self.setup_log = self.out / "setup.log"
+        self.setup_log.write_text("")
+        self.spec = seeding.SMOKE if self.smoke else seeding.FULL
+        self.page_size = 4 if self.smoke else 20
+        self.rng = random.Random(20261122)
+        self.settings = GunicornSettings(args.workers, args.worker_class, args.worker_threads)
+        self.redis = redis.Redis.from_url(args.redis)
+        self.redis_pid = int(self.redis.info("server")["process_id"])
+        self.rows: list[Row] = []
+        self.growth: list[Growth] = []
+        self.memory: list[tuple[str, str]] = []
+        self.notes: list[str] = []
+        self.commands: list[str] = []
+        self.stale: int | None = None
+        self.checks = ""
+        self.setup_line = ""
+
+    # -- database and data -----------------------------------------------------------------
+
+    def prepare_database(self) -> None:
+        name = "bench_smoke" if self.smoke else "bench"
+        self.db_url = f"{self.args.pg.rstrip('/')}/{name}"
+        if not seeding.postgres_reachable(self.db_url):
+            if not self.smoke:
+                raise SystemExit(f"PostgreSQL is not reachable at {self.args.pg}")
+            self.db_url = f"sqlite:///{self.out / 'smoke.db'}"
+            self.notes.append("PostgreSQL was not reachable: smoke run on SQLite")
+        self.media = self.out / "media"
+        self.env = {"DATABASE_URL": self.db_url, "REDIS_URL": self.args.redis, "RATE_LIMIT_ENABLED": "false",
+                    "MEDIA_ROOT": str(self.media), "SECRET_KEY": SECRET_KEY}
+        log(f"database {self.db_url}")
+        self.setup_line = seeding.prepare(self.db_url, self.spec, self.env, self.setup_log, reseed=self.args.reseed)
+        log(self.setup_line)
+        self.engine = create_engine(seeding.sqlalchemy_url(self.db_url))
+        self.discover()
+
+    def discover(self) -> None:
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        with self.engine.connect() as conn:
+            users = conn.execute(text("SELECT id, email FROM users ORDER BY id")).all()
+            valid = dict(conn.execute(text(
+                "SELECT creator_id, sum(CASE WHEN valid_from <= :now AND valid_until > :now THEN 1 ELSE 0 END) "
+                "FROM flyers GROUP BY creator_id"), {"now": now}).all())
+            total = dict(conn.execute(text("SELECT creator_id, count(*) FROM flyers GROUP BY creator_id")).all())
+        self.user_ids = [u.id for u in users]
+        self.emails = {u.id: u.email for u in users}
+        self.valid = {k: int(v) for k, v in valid.items()}
+        first = self.user_ids[0]
+        self.giants = [(first + n, size) for n, size in enumerate(self.spec.giants)]
+        giant_ids = {g for g, _ in self.giants}
+        self.creators = [c for c in sorted(total) if c not in giant_ids]
+        self.non_creators = [u for u in self.user_ids if u not in total]
+        rng = self.rng
+        n_hit = 30 if self.smoke else 2000
+        self.profile_hits = rng.sample(self.user_ids, min(n_hit, len(self.user_ids)))
+        n_pages = 6 if self.smoke else 300
+        self.page1_hits = rng.sample(self.creators, min(n_pages, len(self.creators)))
+        deep = [c for c in self.creators if self.valid.get(c, 0) > 4 * self.page_size]
+        self.page5_hits = rng.sample(deep, min(n_pages, len(deep)))
+        # Mixed workload: zipf-like popularity over every user; writers and checkers are users too.
+        ranked = self.user_ids[:]
+        rng.shuffle(ranked)
+        pool_size, checker_size = (6, 2) if self.smoke else (48, 4)
+        candidates = [u for u in self.non_creators]
+        rng.shuffle(candidates)
+        self.checker_ids = candidates[:checker_size]
+        for rank, uid in zip((2, 6, 14, 40), self.checker_ids):  # checked users are popular: reads race the writes
+            ranked.remove(uid)
+            ranked.insert(min(rank, len(ranked)), uid)
+        self.ranked = ranked
+        weights = [1 / (r + 1) ** 1.1 for r in range(len(ranked))]
+        picks = rng.choices(ranked, weights=weights, k=20 * pool_size)
+        self.pool_ids = list(dict.fromkeys(u for u in picks if u not in self.checker_ids
+                                           and u not in giant_ids))[:pool_size]
+        self.zipf_weights = weights
+
+    def login(self, url: str, ids: list[int]) -> dict[int, str]:
+        def one(uid: int) -> tuple[int, str]:
+            body = json.dumps({"email": self.emails[uid], "password": PASSWORD}).encode()
+            request = urllib.request.Request(f"{url}/api/v1/auth/login", body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return uid, json.loads(answer.read())["token"]
+        with ThreadPoolExecutor(4) as pool:
+            return dict(pool.map(one, ids))
+
+    def remember_users(self, ids: list[int]) -> list[tuple]:
+        with self.engine.connect() as conn:
+            return conn.execute(text("SELECT id, bio, picture_key, thumbnail_key FROM users WHERE id IN "
+                                     f"({','.join(map(str, ids))})")).all()
+
+    def restore_users(self, saved: list[tuple]) -> None:
+        with self.engine.begin() as conn:
+            for uid, bio, picture, thumbnail in saved:
+                conn.execute(text("UPDATE users SET bio = :b, picture_key = :p, thumbnail_key = :t WHERE id = :i"),
+                             {"b": bio, "p": picture, "t": thumbnail, "i": uid})
+
+    # -- measuring ----------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        self.redis.flushdb()  # db 1 only (the URL's db); never FLUSHALL
+
+    def pg_cpu(self) -> float:
+        return sum(cpu_seconds(pid) for pid in pids_named("postgres")) if self.db_url.startswith("postgresql") else 0
+
+    def plan(self, server: Server, label: str, requests: list[wrk.Request]) -> Path:
+        slug = "".join(c if c.isalnum() else "-" for c in label)
+        return wrk.write_plan(self.out / f"plan-{server.name}-{slug}.tsv", requests)
+
+    def warm(self, server: Server, requests: list[wrk.Request], seconds: float | None = None,
+             connections: int | None = None) -> None:
+        seconds = self.args.warmup if seconds is None else seconds
+        if seconds <= 0:
+            return
+        wrk.run(server.url, self.plan(server, "warmup", requests), seconds=seconds,
+                connections=connections or self.args.connections, threads=self.args.threads, log=self.wrk_log)
+
+    def fill(self, server: Server, paths: list[str]) -> None:
+        """GET every path once, so a hit row finds all of them cached."""
+        def one(path: str) -> int:
+            with urllib.request.urlopen(server.url + path, timeout=30) as answer:
+                answer.read()
+                return answer.status
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, paths))
+
+    def etags(self, server: Server, paths: list[str]) -> dict[str, str]:
+        def one(path: str) -> tuple[str, str]:
+            with urllib.request.urlopen(server.url + path, timeout=30) as answer:
+                answer.read()
+                return path, answer.headers["ETag"]
+        with ThreadPoolExecutor(8) as pool:
+            return dict(pool.map(one, paths))
+
+    def measure(self, server: Server, label: str, requests: list[wrk.Request], *, connections: int | None = None,
+                count_statuses: bool = False, expect: tuple[int, ...] = (200,), timeout_s: float = 5.0,
+                during: contextlib.AbstractContextManager | None = None) -> Row:
+        connections = connections or self.args.connections
+        plan = self.plan(server, label, requests)
+        time.sleep(0.05)  # the workers copy their cache counters every 20 ms
+        counts0, cpu0 = server.counters(), server.cpu_seconds()
+        info0, redis0, pg0 = self.redis.info("stats"), cpu_seconds(self.redis_pid), self.pg_cpu()
+        with during or contextlib.nullcontext():
+            result = wrk.run(server.url, plan, seconds=self.args.duration, connections=connections,
+                             threads=self.args.threads, count_statuses=count_statuses, timeout_s=timeout_s,
+                             log=self.wrk_log)
+        time.sleep(0.05)
+        counts1, cpu1 = server.counters(), server.cpu_seconds()
+        info1, redis1, pg1 = self.redis.info("stats"), cpu_seconds(self.redis_pid), self.pg_cpu()
+        # Server-side costs are divided by the requests sent: the ones still in flight when wrk stops
+        # were served too (with a few thousand requests a row, the difference is ~1%).
+        n = max(1, result.sent, result.requests)
+        row = Row(label=label, server=server.name, connections=connections, requests=result.requests,
+                  rps=result.rps, p50_ms=result.p50_ms, p95_ms=result.p95_ms, p99_ms=result.p99_ms,
+                  cpu_us=(cpu1 - cpu0) * 1e6 / n, redis_us=(redis1 - redis0) * 1e6 / n,
+                  # Backends of other databases that exit during the row can make this negative: clamp.
+                  pg_us=max(0.0, (pg1 - pg0) * 1e6 / n) if self.db_url.startswith("postgresql") else None,
+                  wraps=result.wraps, statuses=result.statuses, driver=result.driver)
+        if counts0 is not None and counts1 is not None:
+            d = bench_counters.delta(counts0, counts1)
+            row.sql, row.pings = d["statements"] / n, d["checkouts"] / n
+            hits, lookups = bench_counters.lookups(d)
+            if lookups:
+                row.hit_rate, row.hit_source = hits / lookups, "service"
+        if server.name == "flask-caching":
+            h = info1["keyspace_hits"] - info0["keyspace_hits"]
+            m = info1["keyspace_misses"] - info0["keyspace_misses"]
+            if h + m:
+                row.hit_rate, row.hit_source = h / (h + m), "Redis"
+        unexpected = (sum(c for s, c in result.statuses.items() if s not in expect) if count_statuses
+                      else result.status_errors)
+        row.errors = result.errors + unexpected
+        if count_statuses:
+            row.notes.append("statuses " + ", ".join(f"{s}: {c}" for s, c in sorted(result.statuses.items())))
+        self.rows.append(row)
+        hit = "" if row.hit_rate is None else f" hit {100 * row.hit_rate:.1f}%"
+        sql = "" if row.sql is None else f" sql/req {row.sql:.2f}"
+        log(f"  {server.name:13} {label:16} {row.rps:8.0f} req/s  p50 {row.p50_ms:6.2f}  p99 {row.p99_ms:7.2f} ms  "
+            f"cpu {row.cpu_us:6.0f} µs/req{hit}{sql}  errors {row.errors}" + (f" wraps {row.wraps}" if row.wraps else ""))
+        return row
+
+    # -- plans --------------------------------------------------------------------------------
+
+    def page_path(self, uid: int, page: int, size: int | None = None) -> str:
+        return f"/api/v1/users/{uid}/flyers?page={page}&page_size={size or self.page_size}"
+
+    def profile_hit_paths(self) -> list[str]:
+        return [f"/api/v1/users/{u}/profile" for u in self.profile_hits]
+
+    def page_hit_paths(self, page: int) -> list[str]:
+        return [self.page_path(u, page) for u in (self.page1_hits if page == 1 else self.page5_hits)]
+
+    def profile_miss_plan(self) -> list[wrk.Request]:
+        ids = self.user_ids[:]
+        self.rng.shuffle(ids)
+        return [wrk.get(f"/api/v1/users/{u}/profile") for u in ids]
+
+    def page_miss_plan(self, page: int) -> list[wrk.Request]:
+        spread = 1 if self.smoke else 4  # page sizes around the hit rows' size make more distinct pages
+        pairs = [(u, s) for u in self.creators for s in range(self.page_size - spread, self.page_size + spread + 1)
+                 if (page - 1) * s < self.valid.get(u, 0)]
+        self.rng.shuffle(pairs)
+        return [wrk.get(self.page_path(u, page, s)) for u, s in pairs]
+
+    def read_rows(self, server: Server) -> None:
+        """Warm-up, then the hit rows, 304s and the miss rows (cache flushed before each)."""
+        hit_sets = self.profile_hit_paths() + self.page_hit_paths(1) + self.page_hit_paths(5)
+        self.flush()
+        self.warm(server, [wrk.get(p) for p in hit_sets])
+        if server.name != "no-cache":
+            self.fill(server, hit_sets)
+            self.measure(server, "profile hit", [wrk.get(p) for p in self.profile_hit_paths()])
+            self.measure(server, "page hit p1", [wrk.get(p) for p in self.page_hit_paths(1)])
+            if self.page5_hits and not self.smoke:
+                self.measure(server, "page hit p5", [wrk.get(p) for p in self.page_hit_paths(5)])
+            self.redis_memory(server)
+        if server.name == "service" or not self.smoke:  # smoke mode runs each code path once, to stay < 60 s
+            tags = self.etags(server, self.profile_hit_paths()[: 20 if self.smoke else 500])
+            self.measure(server, "304 profile", [wrk.get(p, If_None_Match=e) for p, e in tags.items()],
+                         count_statuses=True, expect=(304,))
+        self.flush()
+        self.measure(server, "profile miss", self.profile_miss_plan())
+        if server.name == "service" and not self.smoke:
+            # The same rows at 4 connections: latency without the queueing that 32 connections add.
+            self.measure(server, "profile hit @4", [wrk.get(p) for p in self.profile_hit_paths()], connections=4)
+            self.flush()
+            self.measure(server, "profile miss @4", self.profile_miss_plan(), connections=4)
+        self.flush()
+        self.measure(server, "page miss p1", self.page_miss_plan(1))
+        if self.page5_hits and not self.smoke:
+            self.flush()
+            self.measure(server, "page miss p5", self.page_miss_plan(5))
+
+    def redis_memory(self, server: Server) -> None:
+        def usage(keys: list[bytes | str]) -> list[int]:
+            pipe = self.redis.pipeline(transaction=False)
+            for k in keys:
+                pipe.memory_usage(k, samples=0)
+            return [u for u in pipe.execute() if u]
+
+        if server.name == "service":
+            from cache import keys as cache_keys
+            profiles = usage([cache_keys.profile_key(u) for u in self.profile_hits[:200]])
+            gens = self.redis.mget([cache_keys.generation_key(u) for u in self.page1_hits])
+            hashes = [cache_keys.generation_hash_key(cache_keys.pages_key(u), g or b"0")
+                      for u, g in zip(self.page1_hits, gens)]
+            pipe = self.redis.pipeline(transaction=False)
+            for h in hashes:
+                pipe.hgetall(h)
+            fields = pipe.execute()
+            pages = sum(sum(1 for f in fs if not f.startswith(b"lease|")) for fs in fields)
+            json_bytes = [len(v) - 32 for fs in fields for f, v in fs.items() if not f.startswith(b"lease|")]
+            page_bytes = usage(hashes)
+            gen_bytes = usage([cache_keys.generation_key(u) for u in self.page1_hits if True])
+            if profiles:
+                self.memory.append(("service: profile (hash, one field: 32-char ETag + JSON)",
+                                    f"{sum(profiles) / len(profiles):,.0f} B per profile (n={len(profiles)})"))
+            if pages:
+                self.memory.append(("service: creator page (page hash of pages 1 and 5 / number of pages)",
+                                    f"{sum(page_bytes) / pages:,.0f} B per page (JSON {sum(json_bytes) / len(json_bytes):,.0f} B; "
+                                    f"{pages} pages in {len(page_bytes)} hashes)"))
+            if gen_bytes:
+                self.memory.append(("service: generation counter per creator (after a write)",
+                                    f"{sum(gen_bytes) / len(gen_bytes):,.0f} B"))
+        elif server.name == "flask-caching":
+            found = list(self.redis.scan_iter(match=FLASK_CACHING_PREFIX + "*", count=1000))
+            for kind, marker in (("profile", b"/profile"), ("creator page", b"/flyers")):
+                sizes = usage([k for k in found if marker in k])
+                if sizes:
+                    self.memory.append((f"flask-caching: {kind} (one string key, pickled dict)",
+                                        f"{sum(sizes) / len(sizes):,.0f} B per {kind} (n={len(sizes)})"))
+
+    # -- service-only parts ---------------------------------------------------------------------
+
+    def growth_rows(self, server: Server) -> None:
+        from cache import ReadThroughCache, make_client
+        from cache import keys as cache_keys
+        cache = ReadThroughCache(make_client(self.args.redis))
+        n = 5 if self.smoke else 100
+        host, port = server.url.split("//")[1].split(":")
+        for uid, size in sorted(self.giants, key=lambda g: g[1]):
+            valid = self.valid.get(uid, 0)
+            for page in sorted({1, max(1, math.ceil(valid / 20))}):
+                samples = []
+                for _ in range(n):
+                    # A generation bump is the service's own page invalidation: the next read is a miss.
+                    cache.invalidate(generations=[(cache_keys.generation_key(uid), cache_keys.pages_key(uid))])
+                    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                    started = time.perf_counter()
+                    conn.request("GET", f"/api/v1/users/{uid}/flyers?page={page}&page_size=20")
+                    answer = conn.getresponse()
+                    answer.read()
+                    samples.append((time.perf_counter() - started) * 1000)
+                    conn.close()
+                    if answer.status != 200:
+                        raise RuntimeError(f"page {page} of creator {uid}: status {answer.status}")
+                self.growth.append(Growth(size, valid, page, samples))
+                log(f"  growth: {size:6} flyers, page {page:4}: median {self.growth[-1].median:.2f} ms")
+
+    def mixed_row(self, server: Server) -> None:
+        tokens = self.login(server.url, self.pool_ids + self.checker_ids)
+        rng = random.Random(7)
+        self.flush()
+        patch_files = []
+        for k in range(16):
+            path = self.out / f"patch-{k}.json"
+            path.write_text(json.dumps({"bio": f"bench mixed write {k}"}))
+            patch_files.append(str(path))
+        from tests.images import photo_jpeg
+        flyer_body, flyer_type = flyer_multipart(photo_jpeg((400, 300), 85), seeding.BENCH_TITLE + "mixed")
+        flyer_file = self.out / "flyer.multipart"
+        flyer_file.write_bytes(flyer_body)
+        requests = []
+        size = 2000 if self.smoke else 20000
+        for _ in range(size):
+            roll = rng.random()
+            if roll < 0.95:
+                uid = rng.choices(self.ranked, cum_weights=self._cum(), k=1)[0]
+                if rng.random() < 0.65:
+                    requests.append(wrk.get(f"/api/v1/users/{uid}/profile"))
+                else:
+                    pages = max(1, math.ceil(self.valid.get(uid, 0) / self.page_size))
+                    page = 1 if rng.random() < 0.85 or pages == 1 else rng.randint(2, min(pages, 5))
+                    requests.append(wrk.get(self.page_path(uid, page)))
+            else:
+                uid = rng.choice(self.pool_ids)
+                auth = ("Authorization", f"Bearer {tokens[uid]}")
+                if roll < 0.99:
+                    requests.append(wrk.Request("PATCH", "/api/v1/users/me/profile",
+                                                (auth, ("Content-Type", "application/json")), rng.choice(patch_files)))
+                else:
+                    requests.append(wrk.Request("POST", "/api/v1/flyers", (auth, ("Content-Type", flyer_type)),
+                                                str(flyer_file)))
+        self.warm(server, requests)
+        checker = StaleChecker(server.url, [CheckerUser(u, tokens[u]) for u in self.checker_ids], flyer_body,
+                               flyer_type, threads=2)
+        row = self.measure(server, "mixed 95/5 zipf", requests, count_statuses=True, expect=(200, 201),
+                           during=checker)
+        tally = checker.tally
+        self.stale = tally.stale
+        self.checks = (f"{tally.reads} reads after writes checked, {tally.stale} stale answers, "
+                       f"{tally.failures} checker errors" + (f"; e.g. {tally.examples}" if tally.examples else ""))
+        row.notes.append(self.checks)
+        log(f"  stale answers: {tally.stale} ({self.checks})")
+
+    def _cum(self) -> list[float]:
+        if not hasattr(self, "_cum_weights"):
+            total, cum = 0.0, []
+            for w in self.zipf_weights:
+                total += w
+                cum.append(total)
+            self._cum_weights = cum
+        return self._cum_weights
+
+    def upload_rows(self, server: Server) -> None:
+        from tests.images import photo_jpeg
+        tokens = self.login(server.url, self.pool_ids)
+        sizes = ([("upload 2 MB", (1600, 1200), self.args.upload_connections)] if self.smoke else
+                 [("upload 2 MB", (4000, 3000), self.args.upload_connections),
+                  ("upload 500 KB", (2000, 1500), self.args.upload_connections),
+                  ("upload 2 MB @1", (4000, 3000), 1)])
+        for label, dims, connections in sizes:
+            image = photo_jpeg(dims, 90)
+            body, content_type = picture_multipart(image)
+            body_file = self.out / f"upload-{dims[0]}x{dims[1]}.multipart"
+            body_file.write_bytes(body)
+            requests = [wrk.Request("POST", "/api/v1/users/me/profile/picture",
+                                    (("Authorization", f"Bearer {tokens[u]}"), ("Content-Type", content_type)),
+                                    str(body_file)) for u in self.pool_ids]
+            row = self.measure(server, label, requests, connections=connections, count_statuses=True, timeout_s=30)
+            row.notes.append(f"{dims[0]}x{dims[1]} JPEG, {len(image) / 1e6:.2f} MB")
+
+    # -- servers -----------------------------------------------------------------------------
+
+    def server(self, name: str) -> Server:
+        counters = self.out / "counters" / name
+        if name == "service":
+            env = dict(self.env)
+            app = "wsgi:app"
+            ready = "/healthz"
+        else:
+            env = {**self.env, "BASELINE": name}
+            app = f"bench.baselines:create('{name}')"
+            ready = FLOOR_PATH if name.startswith("floor") else f"/api/v1/users/{self.user_ids[0]}/profile"
+        server = Server(name, app, env, self.settings, self.out, counters, ready)
+        self.commands.append(server.shown(SERVICE_ENV_SHOWN))
+        log(f"{name}: {server.shown(SERVICE_ENV_SHOWN)}")
+        return server
+
+    def run_all(self) -> None:
+        names = [n for n in ALL_SERVERS if n in self.args.only]
+        if "flask-caching" in names and importlib.util.find_spec("flask_caching") is None:
+            names.remove("flask-caching")
+        self.redis.set(FLOOR_KEY, FLOOR_BODY)
+        with contextlib.ExitStack() as stack:
+            servers = {}
+            for name in names:
+                servers[name] = self.server(name)
+                stack.callback(servers[name].stop)
+                if self.smoke:
+                    servers[name].start()  # boot them all at once; the rows still run one at a time
+            for name in names:
+                with servers[name] as server:
+                    if name == "service":
+                        self.service_rows(server)
+                    elif name.startswith("floor"):
+                        self.redis.set(FLOOR_KEY, FLOOR_BODY)
+                        self.warm(server, [wrk.get(FLOOR_PATH)])
+                        self.measure(server, "floor", [wrk.get(FLOOR_PATH)])
+                    else:
+                        self.read_rows(server)
+        self.flush()
+
+    def service_rows(self, server: Server) -> None:
+        saved = self.remember_users(self.pool_ids + self.checker_ids)
+        try:
+            self.read_rows(server)
+            self.growth_rows(server)
+            self.mixed_row(server)
+            self.upload_rows(server)
+        finally:
+            self.restore_users(saved)
+            deleted = seeding.delete_bench_writes(self.db_url)
+            log(f"cleaned up: {deleted} flyers written by the run deleted, writers' profiles restored")
+
+    # -- report --------------------------------------------------------------------------------
+
+    def report(self, command: str, started: float) -> str:
+        m = machine()
+        drivers = sorted({r.driver for r in self.rows})
+        wrk_example = " ".join(wrk.wrk_command("http://127.0.0.1:PORT", Path("bench/out/…/plan-….tsv"),
+                                               self.args.duration, self.args.connections, self.args.threads))
+        wrk_example = wrk_example.replace(str(ROOT) + "/", "")
+        lines = [
+            f"# Benchmark results{' (smoke run: tiny data, not comparable)' if self.smoke else ''}",
+            "",
+            f"Date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}; code: {revision()}; "
+            f"run took {time.monotonic() - started:.0f} s. Methods and discussion: docs/PERFORMANCE.md.",
+            "",
+            "Machine: " + "; ".join(f"{k}: {v}" for k, v in m.items()) + ". "
+            "PostgreSQL, Redis, wrk and the servers all share these cores, and other people's processes "
+            "may run too: compare ratios more than absolute numbers.",
+            "",
+            "## Commands",
+            "",
+            "```",
+            command,
+            f"# data: {self.setup_line}",
+            f"# servers ({self.settings.describe()}, one at a time):",
+            *self.commands,
+            "# load (each row):",
+            wrk_example,
+            "```",
+            "",
+            f"Rows: {self.args.duration:g} s each after a {self.args.warmup:g} s warm-up per server, "
+            f"{self.args.connections} connections ({self.args.upload_connections} for uploads), driver: {', '.join(drivers)}.",
+            "",
+            "## Table",
+            "",
+            table(self.rows),
+            "",
+            "CPU = utime+stime of the gunicorn master and workers over the row / requests sent (completed + the few "
+            "still in flight when wrk stopped, which the server serves too). "
+            "× columns: this row's CPU/request over floor-redis's, and over the same row of flask-caching and "
+            "no-cache. Hit rate: service = the service's own CacheStats counters (hit + lease_wait over all "
+            "lookups), flask-caching = Redis keyspace hits/(hits+misses). SQL/req = statements counted by a "
+            "SQLAlchemy before_cursor_execute listener in each worker; pings/req = pool checkouts, each one a "
+            "pool_pre_ping round trip. Redis/PG µs = CPU of redis-server / all postgres processes per request.",
+            "",
+        ]
+        notes = [f"- {r.server} {r.label}: {'; '.join(r.notes)}" for r in self.rows if r.notes]
+        if notes:
+            lines += ["Row notes:", "", *notes, ""]
+        lines += ["## Cost growth: creator page miss latency (unloaded, one request at a time, page size 20)", "",
+                  growth_table(self.growth) if self.growth else "not measured", "",
+                  "Each request follows a generation bump of that creator's pages (the service's own "
+                  "invalidation), so every one is a miss.", "",
+                  "## Redis memory (MEMORY USAGE, SAMPLES 0)", ""]
+        lines += [f"- {k}: {v}" for k, v in self.memory] or ["not measured"]
+        lines += ["", "## Read-your-writes during the mixed workload", "",
+                  f"stale answers: {self.stale if self.stale is not None else 'not measured'}"
+                  + (f" ({self.checks})" if self.checks else ""), "",
+                  "## Targets", "", targets_table(targets(self.rows, self.growth, self.stale)), ""]
+        if self.notes:
+            lines += ["## Notes", "", *[f"- {n}" for n in self.notes], ""]
+        return "\n".join(lines)
+
+
+def revision() -> str:
+    """The commit measured, and whether the service's files differed from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "service", "cache", "models", "wsgi.py"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.split("\n")
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    changed = [line[3:] for line in dirty if line.strip()]
+    return f"commit {head}" + (f" with uncommitted changes to {', '.join(changed)}" if changed else "")
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(f"stopped by signal {signum}")  # unwinds through the blocks that stop the servers
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    started = time.monotonic()
+    command = ".venv/bin/python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv)
+    with exclusive(20 if args.smoke else 120):
+        notes = ensure_tools(args.smoke)
+        bench = Bench(args)
+        bench.notes += notes
+        bench.prepare_database()
+        try:
+            bench.run_all()
+        finally:
+            with contextlib.suppress(Exception):
+                bench.flush()
+        text_out = bench.report(command.strip(), started)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(text_out)
+    print()
+    print(table(bench.rows))
+    print()
+    print(growth_table(bench.growth) if bench.growth else "growth: not measured")
+    print()
+    for k, v in bench.memory:
+        print(f"{k}: {v}")
+    print()
+    print(targets_table(targets(bench.rows, bench.growth, bench.stale)))
+    print()
+    print(f"stale answers: {bench.stale if bench.stale is not None else 'not measured'}")
+    print(f"report written to {args.results.relative_to(ROOT) if args.results.is_relative_to(ROOT) else args.results}")
+    print(f"total {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
