@@ -61,10 +61,10 @@ def read_profile(user_id: int, base_url: str) -> Entry:
     """Return the profile JSON of ``user_id`` from the cache, loading it on a miss."""
     def load() -> Loaded:
         now = services().clock()
-        user = queries.get_user(user_id)
-        if user is None:
+        creator = queries.get_creator(user_id, now)
+        if creator is None:
             return Loaded(NOT_FOUND, ttl_until(now, None, negative=True))
-        stats = queries.get_creator_stats(user_id, now)
+        user, stats = creator
         return Loaded(profile_json(user, stats.valid_flyers, base_url), ttl_until(now, stats.next_change))
 
     return _read(profile_lookup(user_id, base_url), load)
@@ -74,9 +74,10 @@ def read_creator_page(user_id: int, page: int, page_size: int, base_url: str) ->
     """Return one page of the creator's valid flyers; not found for an unknown creator or a page past the end."""
     def load() -> Loaded:
         now = services().clock()
-        if queries.get_user(user_id) is None:
+        creator = queries.get_creator(user_id, now)
+        if creator is None:
             return Loaded(NOT_FOUND, ttl_until(now, None, negative=True))
-        stats = queries.get_creator_stats(user_id, now)
+        stats = creator[1]
         offset = (page - 1) * page_size
         if page > 1 and offset >= stats.valid_flyers:
             return Loaded(NOT_FOUND, ttl_until(now, stats.next_change, negative=True))

@@ -98,21 +98,22 @@ def test_the_cli_seed_clears_cached_misses(app, client):
 def test_a_fill_that_raced_a_write_is_refused(app, client, register, monkeypatch):
     """Reader loads the old row; the writer commits and invalidates; the reader's fill is refused."""
     user_id, headers = register("alice")
-    original = queries.get_creator_stats
+    original = queries.get_creator
     raced = []
 
-    def stats_then_write(*args, **kwargs):
+    def load_then_write(*args, **kwargs):
+        loaded = original(*args, **kwargs)
         if not raced:
             raced.append(True)
-            # The reader has already loaded the user row: now a write commits in between
+            # The reader has loaded the old row: now a write commits before it fills
             # (on another thread, so with its own app context and session).
             writer = threading.Thread(target=lambda: raced.append(
                 client.patch("/api/v1/users/me/profile", json={"bio": "new"}, headers=headers).status_code))
             writer.start()
             writer.join(10)
-        return original(*args, **kwargs)
+        return loaded
 
-    monkeypatch.setattr(queries, "get_creator_stats", stats_then_write)
+    monkeypatch.setattr(queries, "get_creator", load_then_write)
     first = client.get(f"/api/v1/users/{user_id}/profile")
 
     assert raced[1] == 200
@@ -123,16 +124,16 @@ def test_a_fill_that_raced_a_write_is_refused(app, client, register, monkeypatch
 
 def test_two_readers_missing_at_once_cause_one_load(app, client, register, monkeypatch):
     user_id, _ = register("alice")
-    original = queries.get_user
+    original = queries.get_creator
     loads, loading, release = [], threading.Event(), threading.Event()
 
-    def slow_get_user(uid):
+    def slow_get_creator(uid, now):
         loads.append(uid)
         loading.set()
         release.wait(5)
-        return original(uid)
+        return original(uid, now)
 
-    monkeypatch.setattr(queries, "get_user", slow_get_user)
+    monkeypatch.setattr(queries, "get_creator", slow_get_creator)
     answers = {}
     first = threading.Thread(target=lambda: answers.setdefault("first", client.get(f"/api/v1/users/{user_id}/profile")))
     first.start()
