@@ -6,9 +6,10 @@
 - ``floor-redis``: a Flask route answering one Redis GET of a preset key (the least a
   Redis-backed hit can cost).
 - ``flask-caching``: the profile and creator-page endpoints written the idiomatic
-  Flask-Caching way: ``@cache.cached(query_string=True)`` on views that run the service's own
-  queries and build the service's own JSON, a RedisCache on db 1 under the ``fc:`` prefix,
-  ``cache.delete_cached`` after a profile write, and werkzeug's ETag/304 handling.
+  Flask-Caching way: ``@cache.cached(query_string=True)`` on views that return the dict the
+  service's own loaders build (same queries, same JSON; ``service.reads`` run with a cache that
+  only calls the loader), a RedisCache on db 1 under the ``fc:`` prefix, ``cache.delete_cached``
+  after a profile write, and werkzeug's ETag/304 handling.
 - ``no-cache``: the same views with no cache, so every request queries SQL.
 
 Settings come from the environment, read by the service's own ``load_config``.
@@ -71,20 +72,39 @@ def _floor_redis() -> Flask:
     return app
 
 
+class _NoCache:
+    """Stands in for the service's ReadThroughCache: every read runs the service's own loader."""
+
+    def get_or_load(self, family: str, key: str, loader: Callable[[], Any], **kwargs: Any) -> Any:
+        return loader()
+
+
 def _endpoints(*, cached: bool) -> Flask:
+    import random
+    from types import SimpleNamespace
+
+    from cache import NOT_FOUND
     from models import User, db
-    from models import queries
     from models.base import utcnow
+    from service import reads
     from service.auth import require_owner
     from service.config import load_config
+    from service.extension import EXTENSION
     from service.http import base_url, json_body
-    from service.representations import flyer_json, page_json, profile_json
     from service.schemas import PageArgsSchema, ProfileUpdateSchema
 
     app = Flask(__name__)
     app.config.update(load_config())
     app.json.sort_keys = False
     db.init_app(app)
+    # The views call the service's own read functions (its queries, its JSON builders) with a cache
+    # that just runs the loader: the same SQL and the same dicts, whatever those functions become.
+    app.extensions[EXTENSION] = SimpleNamespace(cache=_NoCache(), clock=utcnow, rng=random.Random())
+
+    def value(loaded: Any) -> Any:
+        if loaded.value is NOT_FOUND:
+            abort(404)
+        return loaded.value  # a dict: Flask serializes it (and Flask-Caching pickles it)
 
     decorate: Callable[[Callable[..., Any]], Callable[..., Any]] = lambda view: view  # noqa: E731
     cache = None
@@ -101,27 +121,13 @@ def _endpoints(*, cached: bool) -> Flask:
     @app.get("/api/v1/users/<int:user_id>/profile")
     @decorate
     def get_profile(user_id: int) -> Any:
-        user = queries.get_user(user_id)
-        if user is None:
-            abort(404)
-        stats = queries.get_creator_stats(user_id, utcnow())
-        return profile_json(user, stats.valid_flyers, base_url())
+        return value(reads.read_profile(user_id, base_url()))
 
     @app.get("/api/v1/users/<int:user_id>/flyers")
     @decorate
     def list_flyers(user_id: int) -> Any:
         args = PageArgsSchema().load(request.args)
-        page, page_size = args["page"], args["page_size"]
-        now = utcnow()
-        if queries.get_user(user_id) is None:
-            abort(404)
-        stats = queries.get_creator_stats(user_id, now)
-        offset = (page - 1) * page_size
-        if page > 1 and offset >= stats.valid_flyers:
-            abort(404)
-        flyers = queries.list_creator_flyers(user_id, now, offset, page_size) if stats.valid_flyers else []
-        return page_json(stats.valid_flyers, page, page_size, f"{base_url()}/api/v1/users/{user_id}/flyers",
-                         [flyer_json(flyer, base_url(), now) for flyer in flyers])
+        return value(reads.read_creator_page(user_id, args["page"], args["page_size"], base_url()))
 
     @app.patch("/api/v1/users/<int:user_id>/profile")
     def patch_profile(user_id: int) -> Any:
@@ -129,8 +135,8 @@ def _endpoints(*, cached: bool) -> Flask:
         user = db.session.get(User, require_owner(user_id))
         if user is None:
             abort(404)
-        for field, value in changes.items():
-            setattr(user, field, value)
+        for field, new in changes.items():
+            setattr(user, field, new)
         db.session.commit()
         if cache is not None:
             # The idiom: delete the view's key after the commit. Pages embed only the creator's

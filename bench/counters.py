@@ -4,14 +4,15 @@ Each gunicorn worker (see bench/gunicorn_conf.py) maps a small file ``<dir>/<pid
 64-bit slots and keeps it current: SQL statements it sent (SQLAlchemy's
 ``before_cursor_execute``, the event the test suite counts with), pool checkouts (each one
 is a ``pool_pre_ping`` round trip), and the service's own in-process ``CacheStats``
-counters, copied every 20 ms. The benchmark sums the files before and after a row.
+counters, copied every 20 ms (for the flask-caching baseline: its backend's get() answers,
+None counting as a miss). The benchmark sums the files before and after a row.
 """
 from __future__ import annotations
 
 import struct
 from pathlib import Path
 
-FAMILIES = ("profile", "flyer_page", "flyer")
+FAMILIES = ("profile", "flyer_page", "flyer", "flask_caching")  # the last: the flask-caching baseline
 RESULTS = ("hit", "miss", "lease_wait", "error", "stale", "lease_timeout")
 SLOTS = ["statements", "checkouts"] + [f"{f}|{r}" for f in FAMILIES for r in RESULTS]
 INDEX = {name: n for n, name in enumerate(SLOTS)}

@@ -61,8 +61,11 @@ class LoadResult:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
+FORCE_PYTHON = False  # set by `bench.run --driver python`
+
+
 def have_wrk() -> bool:
-    return shutil.which("wrk") is not None
+    return not FORCE_PYTHON and shutil.which("wrk") is not None
 
 
 def run(url: str, plan: Path, *, seconds: float, connections: int, threads: int,
