@@ -50,20 +50,22 @@ class ReadThroughCache:
                                         max(1, int(generation_ttl * 1000)))
 
     def get_or_load(self, family: str, key: str, loader: Callable[[], Loaded], *,
-                    variant: str = "", generation_key: str | None = None) -> Entry:
-        """Answer from the cache, or call `loader` (and fill, if granted the lease); never raises a Redis error."""
+                    variant: str = "", generation_key: str | None = None, peeked: bool = False) -> Entry:
+        """Answer from the cache, or call `loader` (and fill, if granted the lease); never raises a Redis error.
+
+        `peeked` says the caller's `peek` of this entry just missed: the plain read that
+        serves hits cheaply is then skipped (the lookup script reads the value again anyway).
+        """
         if not self._usable():
             return self._bypass(family, loader)
         try:
-            if generation_key is None:
+            if generation_key is None and not peeked:
                 raw = self.client.hget(key, variant)
                 if raw is not None:
                     self.breaker.record_success()
                     self.stats.record(family, HIT)
                     return from_stored(raw, HIT)
-                keys = [key]
-            else:
-                keys = [key, generation_key]
+            keys = [key] if generation_key is None else [key, generation_key]
             token = self._token_factory()
             # A fill may land between the HGET above and this call: the script
             # re-reads the value before granting a lease.

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import DateTime, Integer, and_, bindparam, case, func, select
 from sqlalchemy.orm import contains_eager, joinedload, raiseload, selectinload
 
 from models.base import db
@@ -18,9 +18,39 @@ class CreatorStats:
     next_change: datetime | None  # the next valid_from or valid_until after now, if any
 
 
-def valid_at(now: datetime):
-    """Return the SQL condition for a flyer being valid at ``now``."""
+def valid_at(now):
+    """Return the SQL condition for a flyer being valid at ``now`` (a datetime or a bind parameter)."""
     return and_(Flyer.valid_from <= now, Flyer.valid_until > now)
+
+
+# The read statements are built once with bind parameters: building a select() costs more
+# CPU than running it, and these run on every cache miss.
+_USER_ID, _NOW = bindparam("user_id"), bindparam("now", type_=DateTime())
+_OFFSET, _LIMIT = bindparam("offset", type_=Integer()), bindparam("limit", type_=Integer())
+
+_stats = (
+    select(Flyer.creator_id,
+           func.count(case((valid_at(_NOW), Flyer.id))).label("valid"),
+           func.min(case((Flyer.valid_from > _NOW, Flyer.valid_from))).label("next_start"),
+           func.min(case((Flyer.valid_until > _NOW, Flyer.valid_until))).label("next_end"))
+    .where(Flyer.creator_id == _USER_ID, Flyer.valid_until > _NOW)
+    .group_by(Flyer.creator_id)
+    .subquery()
+)
+CREATOR = (
+    select(User, _stats.c.valid, _stats.c.next_start, _stats.c.next_end)
+    .outerjoin(_stats, _stats.c.creator_id == User.id)
+    .where(User.id == _USER_ID)
+)
+# The creator comes from the identity map (CREATOR loaded it); the images join the limited
+# page in the same statement (SQLAlchemy wraps the page in a subquery).
+CREATOR_PAGE = (
+    select(Flyer)
+    .options(joinedload(Flyer.images), raiseload(Flyer.creator, sql_only=True))
+    .where(Flyer.creator_id == _USER_ID, valid_at(_NOW))
+    .order_by(Flyer.created_at.desc(), Flyer.id.desc())
+    .offset(_OFFSET).limit(_LIMIT)
+)
 
 
 def get_user(user_id: int) -> User | None:
@@ -30,20 +60,7 @@ def get_user(user_id: int) -> User | None:
 
 def get_creator(user_id: int, now: datetime) -> tuple[User, CreatorStats] | None:
     """Return the user with its valid-flyer count and next validity boundary, in one statement; or None."""
-    stats = (
-        select(Flyer.creator_id,
-               func.count(case((valid_at(now), Flyer.id))).label("valid"),
-               func.min(case((Flyer.valid_from > now, Flyer.valid_from))).label("next_start"),
-               func.min(case((Flyer.valid_until > now, Flyer.valid_until))).label("next_end"))
-        .where(Flyer.creator_id == user_id, Flyer.valid_until > now)
-        .group_by(Flyer.creator_id)
-        .subquery()
-    )
-    row = db.session.execute(
-        select(User, stats.c.valid, stats.c.next_start, stats.c.next_end)
-        .outerjoin(stats, stats.c.creator_id == User.id)
-        .where(User.id == user_id)
-    ).first()
+    row = db.session.execute(CREATOR, {"user_id": user_id, "now": now}).first()
     if row is None:
         return None
     boundaries = [moment for moment in (row.next_start, row.next_end) if moment is not None]
@@ -52,15 +69,8 @@ def get_creator(user_id: int, now: datetime) -> tuple[User, CreatorStats] | None
 
 def list_creator_flyers(creator_id: int, now: datetime, offset: int, limit: int) -> list[Flyer]:
     """Return one page of the creator's valid flyers, newest first, creator and images loaded."""
-    # The creator comes from the identity map (get_creator loaded it); the images join the
-    # limited page in the same statement (SQLAlchemy wraps the page in a subquery).
     return list(db.session.scalars(
-        select(Flyer)
-        .options(joinedload(Flyer.images), raiseload(Flyer.creator, sql_only=True))
-        .where(Flyer.creator_id == creator_id, valid_at(now))
-        .order_by(Flyer.created_at.desc(), Flyer.id.desc())
-        .offset(offset).limit(limit)
-    ).unique())
+        CREATOR_PAGE, {"user_id": creator_id, "now": now, "offset": offset, "limit": limit}).unique())
 
 
 def get_flyer(flyer_id: int) -> Flyer | None:

@@ -14,7 +14,7 @@ from werkzeug.sansio.utils import get_host
 
 from cache import ReadThroughCache
 from service.http import NO_CACHE, etag_matches
-from service.reads import Lookup, flyer_lookup, page_lookup, profile_lookup
+from service.reads import PEEK, PEEK_MISSED, Lookup, flyer_lookup, page_lookup, profile_lookup
 from service.schemas import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 ROUTE = re.compile(r"/api/v1/(?:users/([1-9][0-9]{0,17})/(profile|flyers)|flyers/([1-9][0-9]{0,17}))/?")
@@ -47,6 +47,9 @@ class CachedReads:
         entry = self.cache.peek(lookup.family, lookup.key, variant=lookup.variant,
                                 generation_key=lookup.generation_key) if lookup else None
         if entry is None or entry.body is None:
+            if lookup is not None:
+                # The view answers a miss or a cached 404 without looking the entry up again.
+                environ[PEEK] = PEEK_MISSED if entry is None else entry
             return self.app(environ, start_response)
         etag = f'"{entry.etag}"'
         if_none_match = environ.get("HTTP_IF_NONE_MATCH")

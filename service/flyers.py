@@ -9,7 +9,7 @@ from service.auth import caller_id
 from service.errors import BadRequest, NotFound
 from service.extension import services
 from service.http import base_url, cached_answer, json_body, json_response, require_multipart
-from service.reads import read_creator_page, read_flyer
+from service.reads import PEEK, read_creator_page, read_flyer
 from service.representations import flyer_json
 from service.schemas import FlyerFieldsSchema, PageArgsSchema
 
@@ -22,13 +22,13 @@ IMAGE_FIELDS = [f"image_{number}" for number in range(1, MAX_IMAGES + 1)]
 @bp.get("/users/<id:user_id>/flyers")
 def list_creator_flyers(user_id: int) -> Response:
     args = PageArgsSchema().load(request.args)
-    entry = read_creator_page(user_id, args["page"], args["page_size"], base_url())
+    entry = read_creator_page(user_id, args["page"], args["page_size"], base_url(), request.environ.get(PEEK))
     return cached_answer(entry, "User not found" if args["page"] == 1 else "Page not found")
 
 
 @bp.get("/flyers/<id:flyer_id>")
 def get_flyer(flyer_id: int) -> Response:
-    return cached_answer(read_flyer(flyer_id, base_url()), "Flyer not found")
+    return cached_answer(read_flyer(flyer_id, base_url(), request.environ.get(PEEK)), "Flyer not found")
 
 
 @bp.post("/flyers")

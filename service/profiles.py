@@ -7,7 +7,7 @@ from service import writes
 from service.auth import caller_id, require_owner
 from service.errors import BadRequest
 from service.http import base_url, cached_answer, json_body, require_multipart
-from service.reads import read_profile
+from service.reads import PEEK, read_profile
 from service.schemas import ProfileUpdateSchema
 
 bp = Blueprint("profiles", __name__, url_prefix="/api/v1/users")
@@ -21,7 +21,7 @@ def _fresh_profile(user_id: int) -> Response:
 
 @bp.get("/<id:user_id>/profile")
 def get_profile(user_id: int) -> Response:
-    return cached_answer(read_profile(user_id, base_url()), NOT_FOUND)
+    return cached_answer(read_profile(user_id, base_url(), request.environ.get(PEEK)), NOT_FOUND)
 
 
 @bp.get("/me/profile")

@@ -39,9 +39,16 @@ def flyer_lookup(flyer_id: int, base_url: str) -> Lookup:
     return Lookup("flyer", keys.flyer_key(flyer_id), base_url)
 
 
-def _read(lookup: Lookup, load) -> Entry:
+PEEK = "profile_service.peek"
+"""WSGI environ key where the fast path leaves what its peek found: PEEK_MISSED, or a cached 404 Entry."""
+PEEK_MISSED = "missed"
+
+
+def _read(lookup: Lookup, load, peek: Entry | str | None) -> Entry:
+    if isinstance(peek, Entry):  # a cached "not found" the fast path already looked up (and counted)
+        return peek
     return services().cache.get_or_load(lookup.family, lookup.key, load, variant=lookup.variant,
-                                        generation_key=lookup.generation_key)
+                                        generation_key=lookup.generation_key, peeked=peek == PEEK_MISSED)
 
 
 def ttl_until(now: datetime, next_change: datetime | None, *, negative: bool = False) -> float:
@@ -57,7 +64,7 @@ def ttl_until(now: datetime, next_change: datetime | None, *, negative: bool = F
     return max(ttl, 0.001)
 
 
-def read_profile(user_id: int, base_url: str) -> Entry:
+def read_profile(user_id: int, base_url: str, peek: Entry | str | None = None) -> Entry:
     """Return the profile JSON of ``user_id`` from the cache, loading it on a miss."""
     def load() -> Loaded:
         now = services().clock()
@@ -67,10 +74,11 @@ def read_profile(user_id: int, base_url: str) -> Entry:
         user, stats = creator
         return Loaded(profile_json(user, stats.valid_flyers, base_url), ttl_until(now, stats.next_change))
 
-    return _read(profile_lookup(user_id, base_url), load)
+    return _read(profile_lookup(user_id, base_url), load, peek)
 
 
-def read_creator_page(user_id: int, page: int, page_size: int, base_url: str) -> Entry:
+def read_creator_page(user_id: int, page: int, page_size: int, base_url: str,
+                      peek: Entry | str | None = None) -> Entry:
     """Return one page of the creator's valid flyers; not found for an unknown creator or a page past the end."""
     def load() -> Loaded:
         now = services().clock()
@@ -86,10 +94,10 @@ def read_creator_page(user_id: int, page: int, page_size: int, base_url: str) ->
                          [flyer_json(flyer, base_url, now) for flyer in flyers])
         return Loaded(body, ttl_until(now, stats.next_change))
 
-    return _read(page_lookup(user_id, page, page_size, base_url), load)
+    return _read(page_lookup(user_id, page, page_size, base_url), load, peek)
 
 
-def read_flyer(flyer_id: int, base_url: str) -> Entry:
+def read_flyer(flyer_id: int, base_url: str, peek: Entry | str | None = None) -> Entry:
     """Return the JSON of a flyer that is valid now; not found otherwise."""
     def load() -> Loaded:
         now = services().clock()
@@ -100,4 +108,4 @@ def read_flyer(flyer_id: int, base_url: str) -> Entry:
             return Loaded(NOT_FOUND, ttl_until(now, flyer.valid_from, negative=True))
         return Loaded(flyer_json(flyer, base_url, now), ttl_until(now, flyer.valid_until))
 
-    return _read(flyer_lookup(flyer_id, base_url), load)
+    return _read(flyer_lookup(flyer_id, base_url), load, peek)

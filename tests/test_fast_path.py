@@ -93,3 +93,11 @@ def test_the_fast_path_can_be_turned_off(app, app_config, redis_client):
     assert app.extensions["profile_service"].stats.snapshot()["requests"]["profile"]["hit"] == 1
     with app.app_context():
         db.engine.dispose()
+
+
+def test_a_cached_404_is_looked_up_once(app, client):
+    client.get("/api/v1/users/99/profile")
+
+    client.get("/api/v1/users/99/profile")
+
+    assert app.extensions["profile_service"].stats.snapshot()["requests"]["profile"] == {"miss": 1, "hit": 1}

@@ -49,3 +49,20 @@ def test_peek_with_redis_down_is_none_and_opens_the_breaker(fake_cache, fake_ser
 
     assert answers == [None] * 5
     assert fake_cache.breaker.state == "open"
+
+
+def test_a_lookup_after_a_peek_miss_skips_the_plain_read(cache, client, count_commands, counting_loader):
+    counter = count_commands(client)
+
+    entry = cache.get_or_load("profile", PROFILE, counting_loader({"id": 5}), variant=VARIANT, peeked=True)
+
+    assert entry.result == "miss"
+    assert "HGET" not in counter.commands
+
+
+def test_a_lookup_after_a_peek_still_answers_an_entry_filled_since(cache, counting_loader):
+    cache.get_or_load("profile", PROFILE, counting_loader({"id": 5}), variant=VARIANT)
+
+    entry = cache.get_or_load("profile", PROFILE, counting_loader({"id": 6}), variant=VARIANT, peeked=True)
+
+    assert (entry.result, entry.body) == ("hit", b'{"id":5}')
