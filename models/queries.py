@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import DateTime, Integer, and_, bindparam, case, func, select
+from sqlalchemy import DateTime, Integer, and_, bindparam, case, func, literal_column, select
 from sqlalchemy.orm import contains_eager, joinedload, raiseload, selectinload
 
 from models.base import db
@@ -30,7 +30,8 @@ _OFFSET, _LIMIT = bindparam("offset", type_=Integer()), bindparam("limit", type_
 
 _stats = (
     select(Flyer.creator_id,
-           func.count(case((valid_at(_NOW), Flyer.id))).label("valid"),
+           # Counting a constant, not a column, lets the validity index answer alone (index-only scan).
+           func.count(case((valid_at(_NOW), literal_column("1")))).label("valid"),
            func.min(case((Flyer.valid_from > _NOW, Flyer.valid_from))).label("next_start"),
            func.min(case((Flyer.valid_until > _NOW, Flyer.valid_until))).label("next_end"))
     .where(Flyer.creator_id == _USER_ID, Flyer.valid_until > _NOW)
