@@ -13,8 +13,8 @@ from PIL import Image, ImageDraw
 from sqlalchemy import func, insert, select
 from werkzeug.security import generate_password_hash
 
-from cache import keys
 from models import Flyer, FlyerImage, User, db
+from service import invalidation
 from service.extension import services
 
 BATCH = 5000
@@ -136,10 +136,7 @@ def seed(users: int, flyers_per_user: int, big_creators: int, big_flyers: int, c
     db.session.commit()
     _fix_sequences()
     # Bulk inserts bypass the ORM's unit of work, so its invalidation hooks: drop these users' keys here.
-    services().cache.invalidate(
-        keys=[keys.profile_key(uid) for uid in user_ids],
-        generations=[(keys.generation_key(uid), keys.pages_key(uid)) for uid in user_ids],
-        families=["profile", "flyer_page"])
+    invalidation.invalidate(invalidation.Pending(profiles=set(user_ids), creators=set(user_ids)))
     click.echo(f"seeded {users} users and {total} flyers in {time.perf_counter() - started:.1f} s")
 
 

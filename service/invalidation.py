@@ -61,8 +61,12 @@ def _collect(session: Session, flush_context: object) -> None:
 
 def _invalidate(session: Session) -> None:
     pending = session.info.pop(PENDING, None)
-    if pending is None or not has_app_context():
-        return
+    if pending is not None and has_app_context():
+        invalidate(pending)
+
+
+def invalidate(pending: Pending) -> None:
+    """Drop the cache entries of what ``pending`` names (also for writes that bypass the ORM session)."""
     cache = current_app.extensions["profile_service"].cache
     cache.invalidate(
         keys=[keys.profile_key(uid) for uid in pending.profiles] + [keys.flyer_key(fid) for fid in pending.flyers],
