@@ -54,11 +54,6 @@ CREATOR_PAGE = (
 )
 
 
-def get_user(user_id: int) -> User | None:
-    """Return the user with ``user_id``, or None."""
-    return db.session.get(User, user_id)
-
-
 def get_creator(user_id: int, now: datetime) -> tuple[User, CreatorStats] | None:
     """Return the user with its valid-flyer count and next validity boundary, in one statement; or None."""
     row = db.session.execute(CREATOR, {"user_id": user_id, "now": now}).first()
@@ -82,8 +77,3 @@ def get_flyer(flyer_id: int) -> Flyer | None:
         .options(contains_eager(Flyer.creator), selectinload(Flyer.images))
         .where(Flyer.id == flyer_id)
     ).first()
-
-
-def list_flyer_ids(creator_id: int) -> list[int]:
-    """Return the ids of all the creator's flyers."""
-    return list(db.session.scalars(select(Flyer.id).where(Flyer.creator_id == creator_id)))

@@ -10,7 +10,7 @@ import redis
 
 from cache import keys, make_client
 from cache.entries import from_stored
-from models import queries
+from models import User, db
 from service.representations import profile_json
 
 pytestmark = pytest.mark.tdd_green
@@ -75,5 +75,5 @@ def test_every_read_after_a_write_sees_it_and_the_cache_ends_equal_to_the_databa
         for user_id in user_ids:
             cached = app.extensions["profile_service"].redis.hget(keys.profile_key(user_id), BASE)
             if cached is not None:
-                fresh = profile_json(queries.get_user(user_id), 0, BASE)
+                fresh = profile_json(db.session.get(User, user_id), 0, BASE)
                 assert orjson.loads(from_stored(cached, "hit").body) == fresh
