@@ -11,7 +11,7 @@ from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from werkzeug.routing import BaseConverter
 
-from cache import Breaker, CacheStats, ReadThroughCache, make_client
+from cache import Breaker, ReadThroughCache, make_client
 from models import base as models_base
 from models import db
 from service import invalidation
@@ -49,20 +49,18 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     Migrate(app, db, directory=MIGRATIONS)
     invalidation.listen()
 
-    config = app.config
+    settings = app.config
     client = redis_client if redis_client is not None else make_client(
-        config["REDIS_URL"], connect_timeout=config["REDIS_SOCKET_TIMEOUT"],
-        socket_timeout=config["REDIS_SOCKET_TIMEOUT"])
-    stats = CacheStats()
-    breaker = Breaker(threshold=config["CACHE_BREAKER_THRESHOLD"], base_delay=config["CACHE_BREAKER_BASE_DELAY"],
-                      max_delay=config["CACHE_BREAKER_MAX_DELAY"])
+        settings["REDIS_URL"], connect_timeout=settings["REDIS_SOCKET_TIMEOUT"],
+        socket_timeout=settings["REDIS_SOCKET_TIMEOUT"])
+    breaker = Breaker(threshold=settings["CACHE_BREAKER_THRESHOLD"], base_delay=settings["CACHE_BREAKER_BASE_DELAY"],
+                      max_delay=settings["CACHE_BREAKER_MAX_DELAY"])
     app.extensions[EXTENSION] = Services(
-        cache=ReadThroughCache(client, stats=stats, breaker=breaker, lease_ttl=config["CACHE_LEASE_TTL"],
-                               wait_timeout=config["CACHE_LEASE_WAIT"]),
-        stats=stats,
+        cache=ReadThroughCache(client, breaker=breaker, lease_ttl=settings["CACHE_LEASE_TTL"],
+                               wait_timeout=settings["CACHE_LEASE_WAIT"]),
         redis=client,
-        storage=LocalStorage(app.config["MEDIA_ROOT"]),
-        clock=app.config.get("CLOCK", models_base.utcnow),
+        storage=LocalStorage(settings["MEDIA_ROOT"]),
+        clock=settings.get("CLOCK", models_base.utcnow),
         rng=random.Random(),
     )
 

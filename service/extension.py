@@ -17,11 +17,15 @@ EXTENSION = "profile_service"
 @dataclass
 class Services:
     cache: ReadThroughCache
-    stats: CacheStats
     redis: Any
     storage: LocalStorage
     clock: Callable[[], datetime]
     rng: random.Random = field(default_factory=random.Random)
+
+    @property
+    def stats(self) -> CacheStats:
+        """The cache's lookup and invalidation counters."""
+        return self.cache.stats
 
 
 def services() -> Services:
