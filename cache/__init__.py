@@ -1,8 +1,9 @@
 """Redis read-through cache for JSON answers, with leases against stale sets and stampedes."""
 from .breaker import Breaker
-from .client import make_client
+from .client import make_client, make_near_cache
+from .near import NearCache
 from .readthrough import NOT_FOUND, Entry, Loaded, ReadThroughCache
 from .stats import CacheStats, read_from_redis
 
-__all__ = ["Breaker", "CacheStats", "Entry", "Loaded", "NOT_FOUND", "ReadThroughCache",
-           "make_client", "read_from_redis"]
+__all__ = ["Breaker", "CacheStats", "Entry", "Loaded", "NOT_FOUND", "NearCache", "ReadThroughCache",
+           "make_client", "make_near_cache", "read_from_redis"]

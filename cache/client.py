@@ -6,6 +6,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .keys import TRACKED_PREFIXES
+from .near import NearCache
+
 
 def make_client(
     url: str | None,
@@ -31,3 +34,10 @@ def make_client(
         retry=Retry(NoBackoff(), 0),
     )
     return redis.Redis(connection_pool=pool)
+
+
+def make_near_cache(client: redis.Redis, *, max_bytes: int) -> NearCache | None:
+    """A near cache in front of `client`, or None if `max_bytes` is 0 or `client` is fakeredis (no tracking)."""
+    if max_bytes <= 0 or isinstance(client, fakeredis.FakeRedis):
+        return None
+    return NearCache.for_client(client, TRACKED_PREFIXES, max_bytes=max_bytes)

@@ -125,3 +125,7 @@ class Invalidator:
             self._scripts.queue_bump(pipe, gen_key, base, GENERATION_SEPARATOR, now_us,
                                      self._generation_ttl_ms)
         pipe.execute()
+        # Fence for the near caches of every process: Redis wrote the key-change
+        # pushes of the pipeline before it reads this PING, so once it answers, every
+        # tracking socket holds them and no near cache answers past this write.
+        self._client.ping()

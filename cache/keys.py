@@ -10,6 +10,10 @@ LEASE_PREFIX = "lease|"
 NEGATIVE_MARKER = b"\x00"
 
 
+TRACKED_PREFIXES = (f"{PREFIX}:{{u:", f"{PREFIX}:{{f:")
+"""Prefixes of every answer and generation key (not the stats counters): what near caches watch."""
+
+
 def profile_key(user_id: int) -> str:
     """Hash holding a user's profile answer, one field per variant."""
     # The {u:<id>} hash tag puts all of a user's keys in one Redis Cluster slot,

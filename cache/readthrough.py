@@ -11,6 +11,7 @@ from .breaker import Breaker
 from .entries import NOT_FOUND, Entry, Loaded, from_loaded, from_stored
 from .invalidation import Invalidator
 from .keys import GENERATION_SEPARATOR, LEASE_PREFIX, lease_field
+from .near import NearCache
 from .scripts import Scripts
 from .stats import CacheStats
 
@@ -35,7 +36,7 @@ class ReadThroughCache:
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep,
                  token_factory: Callable[[], str] = _new_token,
-                 generation_ttl: float = 86400.0) -> None:
+                 generation_ttl: float = 86400.0, near: NearCache | None = None) -> None:
         self.client = client
         self.stats = stats if stats is not None else CacheStats()
         self.breaker = breaker if breaker is not None else Breaker()
@@ -46,6 +47,7 @@ class ReadThroughCache:
         self._clock = clock
         self._sleep = sleep
         self._token_factory = token_factory
+        self.near = near
         self._invalidator = Invalidator(client, self._scripts, self.breaker, clock,
                                         max(1, int(generation_ttl * 1000)))
 
@@ -88,15 +90,23 @@ class ReadThroughCache:
         """Return the stored answer on a hit (counted as one), else None: never loads, never leases.
 
         For a caller that answers hits before doing any other work; on None it goes on
-        to `get_or_load`, which counts that lookup.
+        to `get_or_load`, which counts that lookup. With a near cache, a hit it holds
+        costs no Redis round trip, and a Redis hit is copied into it.
         """
         if self._invalidator.pending or not self.breaker.allow():
             return None
+        near, stamp = self.near, None
+        if near is not None:
+            entry, stamp = near.get(key, variant)
+            if entry is not None:
+                self.stats.record(family, HIT)
+                return entry
         try:
-            if generation_key is None:
-                raw = self.client.hget(key, variant)
+            if near is None and generation_key is None:
+                raw, ttl_ms = self.client.hget(key, variant), 0
             else:
-                raw = self._scripts.peek(keys=[key, generation_key], args=[variant, GENERATION_SEPARATOR])
+                keys = [key] if generation_key is None else [key, generation_key]
+                raw, ttl_ms = self._scripts.peek(keys=keys, args=[variant, GENERATION_SEPARATOR]) or (None, 0)
         except redis.RedisError:
             self.breaker.record_failure()
             return None
@@ -104,7 +114,10 @@ class ReadThroughCache:
         if raw is None:
             return None
         self.stats.record(family, HIT)
-        return from_stored(raw, HIT)
+        entry = from_stored(raw, HIT)
+        if stamp is not None:
+            near.put(key, variant, entry, ttl_ms, stamp)
+        return entry
 
     def invalidate(self, *, keys: Iterable[str] = (), generations: Iterable[tuple[str, str]] = (),
                    families: Iterable[str] = ()) -> bool:

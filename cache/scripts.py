@@ -24,9 +24,10 @@ if lease then
 end
 local pttl = redis.call('PTTL', key)
 redis.call('HSET', key, ARGV[2], string.format('%d', now + ttl) .. '|' .. ARGV[3])
--- A lease-only hash must not outlive its lease forever; raising a shorter
--- expiry keeps the lease alive for its term (other variants gain at most that).
-if pttl < ttl then redis.call('PEXPIRE', key, ttl) end
+-- A lease-only hash must not outlive its lease forever. A hash that already
+-- expires keeps its deadline (other variants' values may be cut at a validity
+-- boundary): a lease outliving it is dropped with it and its fill refused.
+if pttl < 0 then redis.call('PEXPIRE', key, ttl) end
 return {3, key}
 """
 """KEYS: hash (or pages base), [generation key]. ARGV: field, lease field, token,
@@ -55,11 +56,15 @@ return 1
 Writes only while this token's lease is still in the hash; 1 if written."""
 
 PEEK = """
-local key = KEYS[1] .. ARGV[2] .. (redis.call('GET', KEYS[2]) or '0')
-return redis.call('HGET', key, ARGV[1])
+local key = KEYS[1]
+if #KEYS > 1 then key = key .. ARGV[2] .. (redis.call('GET', KEYS[2]) or '0') end
+local value = redis.call('HGET', key, ARGV[1])
+if not value then return false end
+return {value, redis.call('PTTL', key)}
 """
-"""KEYS: pages base, generation key. ARGV: field, generation separator. The stored
-value of the live generation's field, or nil; read-only (no lease)."""
+"""KEYS: hash (or pages base), [generation key]. ARGV: field, generation separator.
+{value, remaining ms of the hash} of the (live generation's) field, or nil; read-only
+(no lease). A field never outlives its hash, whose expiry fills only ever shorten."""
 
 RELEASE = """
 local lease = redis.call('HGET', KEYS[1], ARGV[1])

@@ -11,7 +11,7 @@ from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from werkzeug.routing import BaseConverter
 
-from cache import Breaker, ReadThroughCache, make_client
+from cache import Breaker, ReadThroughCache, make_client, make_near_cache
 from models import base as models_base
 from models import db
 from service import invalidation
@@ -57,7 +57,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
                       max_delay=settings["CACHE_BREAKER_MAX_DELAY"])
     app.extensions[EXTENSION] = Services(
         cache=ReadThroughCache(client, breaker=breaker, lease_ttl=settings["CACHE_LEASE_TTL"],
-                               wait_timeout=settings["CACHE_LEASE_WAIT"]),
+                               wait_timeout=settings["CACHE_LEASE_WAIT"],
+                               near=make_near_cache(client, max_bytes=settings["CACHE_NEAR_MAX_BYTES"])),
         redis=client,
         storage=LocalStorage(settings["MEDIA_ROOT"]),
         clock=settings.get("CLOCK", models_base.utcnow),

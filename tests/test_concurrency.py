@@ -70,6 +70,7 @@ def test_every_read_after_a_write_sees_it_and_the_cache_ends_equal_to_the_databa
     stale = [(user_id, started, seen) for user_id, started, seen in reads
              if seen < max((v for u, v, answered in writes if u == user_id and answered < started), default=0)]
     assert len(writes) > 10 and len(reads) > 50
+    assert app.extensions["profile_service"].cache.near.hits > 0  # in-process copies were in play
     assert stale == []
     with app.app_context():
         for user_id in user_ids:

@@ -1,4 +1,6 @@
 """The application factory, its configuration and the schema migrations."""
+import os
+
 import pytest
 from sqlalchemy import create_engine, inspect
 
@@ -6,6 +8,8 @@ from service import create_app
 from service.config import load_config
 
 pytestmark = pytest.mark.tdd_green
+
+REDIS_URL_TEST = os.environ.get("REDIS_URL_TEST", "redis://127.0.0.1:6379/15")
 
 
 def test_config_has_embedded_defaults():
@@ -27,6 +31,7 @@ def test_config_reads_every_setting_from_the_environment():
 
     assert (config["REDIS_URL"], config["PUBLIC_BASE_URL"]) == ("redis://r:6379/2", "https://x.example")
     assert (config["RATE_LIMIT_ENABLED"], config["CACHE_DEFAULT_TTL"]) == (False, 60.0)
+    assert load_config({"CACHE_NEAR_MAX_BYTES": "1024"})["CACHE_NEAR_MAX_BYTES"] == 1024
 
 
 def test_overrides_win_over_the_environment(tmp_path):
@@ -39,6 +44,26 @@ def test_without_redis_url_the_cache_is_in_process(tmp_path):
     app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/x.db"})
 
     assert type(app.extensions["profile_service"].redis).__module__.startswith("fakeredis")
+
+
+def test_the_in_process_cache_has_no_near_cache(tmp_path):
+    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/x.db"})
+
+    assert app.extensions["profile_service"].cache.near is None
+
+
+def test_with_redis_url_hits_are_copied_into_a_near_cache_of_the_configured_size(tmp_path):
+    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/x.db", "REDIS_URL": REDIS_URL_TEST,
+                      "CACHE_NEAR_MAX_BYTES": 4096})
+
+    assert app.extensions["profile_service"].cache.near.max_bytes == 4096
+
+
+def test_a_near_cache_size_of_zero_turns_it_off(tmp_path):
+    app = create_app({"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/x.db", "REDIS_URL": REDIS_URL_TEST,
+                      "CACHE_NEAR_MAX_BYTES": 0})
+
+    assert app.extensions["profile_service"].cache.near is None
 
 
 def test_migrations_build_the_schema_with_its_indexes(tmp_path):

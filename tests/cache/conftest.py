@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 import redis
 
-from cache import Breaker, CacheStats, Loaded, ReadThroughCache, make_client
+from cache import Breaker, CacheStats, Loaded, NearCache, ReadThroughCache, keys, make_client
 
 REDIS_URL_TEST = os.environ.get("REDIS_URL_TEST", "redis://127.0.0.1:6379/15")
 
@@ -132,3 +132,41 @@ def count_commands(monkeypatch: pytest.MonkeyPatch):
         return counter
 
     return start
+
+
+@pytest.fixture
+def near_clock() -> FakeClock:
+    return FakeClock(1000.0)
+
+
+@pytest.fixture
+def make_near(real_client: redis.Redis, near_clock: FakeClock) -> Iterator[Any]:
+    """Build near caches tracking the test Redis, on the fake clock; closed after the test."""
+    made: list[NearCache] = []
+
+    def build(max_bytes: int = 1 << 20) -> NearCache:
+        near = NearCache.for_client(real_client, keys.TRACKED_PREFIXES, max_bytes=max_bytes, clock=near_clock)
+        made.append(near)
+        return near
+
+    yield build
+    for near in made:
+        near.close()
+
+
+@pytest.fixture
+def near(make_near) -> NearCache:
+    return make_near()
+
+
+@pytest.fixture
+def near_cache(real_client: redis.Redis, make_cache, near: NearCache) -> ReadThroughCache:
+    return make_cache(real_client, near=near)
+
+
+@pytest.fixture
+def other_process(make_cache) -> Iterator[ReadThroughCache]:
+    """Another process's cache on the same Redis: its own connection, no near cache."""
+    client = make_client(REDIS_URL_TEST, connect_timeout=1.0, socket_timeout=1.0)
+    yield make_cache(client, stats=CacheStats())
+    client.close()

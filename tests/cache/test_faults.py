@@ -147,7 +147,7 @@ def test_a_flushed_script_cache_is_reloaded_transparently(fake_cache, fake_clien
     assert (entry.result, entry.body) == ("hit", b"[1]")
 
 
-def test_an_invalidation_is_one_pipeline_round_trip(cache, client, count_commands, monkeypatch):
+def test_an_invalidation_is_one_pipeline_then_one_fencing_ping(cache, client, count_commands, monkeypatch):
     cache.invalidate(generations=[(GEN, PAGES)])  # the first one loads the script (NOSCRIPT)
     sent = []
     make_pipeline = client.pipeline
@@ -168,7 +168,7 @@ def test_an_invalidation_is_one_pipeline_round_trip(cache, client, count_command
 
     assert cache.invalidate(keys=[PROFILE], generations=[(GEN, PAGES)])
 
-    assert sent == [["DEL", "EVALSHA"]] and counter.commands == []
+    assert sent == [["DEL", "EVALSHA"]] and counter.commands == ["PING"]
 
 
 def test_an_invalidation_after_a_script_flush_still_bumps_the_generation(fake_cache, fake_client):

@@ -1,0 +1,159 @@
+"""The near cache: in-process copies of Redis hits, dropped as soon as Redis says a key changed."""
+from __future__ import annotations
+
+import pytest
+
+from cache import keys
+from cache.entries import Entry
+from cache.near import hash_tag
+
+pytestmark = pytest.mark.tdd_green
+
+PROFILE = keys.profile_key(5)
+OTHER_PROFILE = keys.profile_key(6)
+GEN = keys.generation_key(5)
+PAGES = keys.pages_key(5)
+VARIANT = "http://127.0.0.1:8000"
+PAGE_1 = keys.page_field(1, 20, VARIANT)
+
+
+def copied(cache, counting_loader, value=None):
+    """Fill the profile through `cache` and peek it once, so the near cache holds a copy."""
+    cache.get_or_load("profile", PROFILE, counting_loader(value or {"id": 5}), variant=VARIANT)
+    return cache.peek("profile", PROFILE, variant=VARIANT)
+
+
+def test_a_hit_copied_once_is_answered_again_without_any_redis_command(near_cache, real_client, count_commands,
+                                                                       counting_loader):
+    first = copied(near_cache, counting_loader)
+    counter = count_commands(real_client)
+
+    again = near_cache.peek("profile", PROFILE, variant=VARIANT)
+
+    assert (again.body, again.etag, again.result) == (first.body, first.etag, "hit")
+    assert counter.commands == []
+
+
+def test_a_hit_from_the_near_cache_counts_as_a_hit(near_cache, counting_loader, stats, near):
+    copied(near_cache, counting_loader)
+
+    near_cache.peek("profile", PROFILE, variant=VARIANT)
+
+    assert stats.snapshot()["requests"]["profile"]["hit"] == 2 and near.hits == 1
+
+
+def test_another_process_invalidation_is_seen_by_the_very_next_peek(near_cache, other_process, counting_loader):
+    copied(near_cache, counting_loader)
+
+    other_process.invalidate(keys=[PROFILE])
+
+    assert near_cache.peek("profile", PROFILE, variant=VARIANT) is None
+
+
+def test_another_process_fill_after_an_invalidation_is_read_fresh(near_cache, other_process, counting_loader):
+    copied(near_cache, counting_loader, {"bio": "old"})
+
+    other_process.invalidate(keys=[PROFILE])
+    other_process.get_or_load("profile", PROFILE, counting_loader({"bio": "new"}), variant=VARIANT)
+
+    assert near_cache.peek("profile", PROFILE, variant=VARIANT).body == b'{"bio":"new"}'
+
+
+def test_a_generation_bump_drops_the_copied_pages(near_cache, other_process, counting_loader):
+    near_cache.get_or_load("flyer_page", PAGES, counting_loader({"count": 1}), variant=PAGE_1, generation_key=GEN)
+    assert near_cache.peek("flyer_page", PAGES, variant=PAGE_1, generation_key=GEN) is not None
+
+    other_process.invalidate(generations=[(GEN, PAGES)])
+
+    assert near_cache.peek("flyer_page", PAGES, variant=PAGE_1, generation_key=GEN) is None
+
+
+def test_a_change_to_one_key_keeps_the_copies_of_other_tags(near_cache, near, other_process, counting_loader):
+    copied(near_cache, counting_loader)
+
+    other_process.invalidate(keys=[OTHER_PROFILE])
+
+    assert near_cache.peek("profile", PROFILE, variant=VARIANT) is not None and near.hits == 1
+
+
+def test_a_flushed_database_drops_every_copy(near_cache, near, real_client, counting_loader):
+    copied(near_cache, counting_loader)
+
+    real_client.flushdb()
+    real_client.ping()
+
+    assert near_cache.peek("profile", PROFILE, variant=VARIANT) is None and near.hits == 0
+
+
+def test_a_copy_ends_with_the_redis_value_it_was_read_from(near, near_clock, real_client, near_cache,
+                                                          counting_loader):
+    copied(near_cache, counting_loader)
+    remaining_ms = real_client.pttl(PROFILE)
+
+    near_clock.advance(remaining_ms / 1000 + 0.01)
+
+    assert near.get(PROFILE, VARIANT)[0] is None
+
+
+def test_a_value_read_before_an_applied_invalidation_is_not_copied(near, other_process, counting_loader):
+    other_process.get_or_load("profile", PROFILE, counting_loader({"id": 5}), variant=VARIANT)
+    _, stamp = near.get(PROFILE, VARIANT)
+    other_process.invalidate(keys=[PROFILE])
+    near.get(OTHER_PROFILE, VARIANT)  # applies the invalidation, as another thread's request would
+
+    near.put(PROFILE, VARIANT, Entry(b"{}", "e" * 32, "hit"), 60_000, stamp)
+
+    assert near.get(PROFILE, VARIANT)[0] is None
+
+
+def test_copies_beyond_the_byte_budget_evict_the_oldest(real_client, make_near):
+    small = make_near(max_bytes=300)
+    entry = Entry(b"x" * 100, "e" * 32, "hit")
+    stamp = small.get(PROFILE, VARIANT)[1]
+    for user_id in (1, 2, 3):
+        small.put(keys.profile_key(user_id), VARIANT, entry, 60_000, stamp)
+
+    assert small.get(keys.profile_key(1), VARIANT)[0] is None
+    assert small.get(keys.profile_key(3), VARIANT)[0] is entry
+
+
+def test_a_lost_tracking_connection_drops_every_copy_until_it_is_back(near_cache, near, real_client, counting_loader):
+    copied(near_cache, counting_loader)
+
+    real_client.client_kill_filter(_type="normal", skipme=True)
+
+    assert near.get(PROFILE, VARIANT) == (None, None)
+    assert not near.connected
+    near._next_attempt = 0.0  # the retry interval has passed
+    assert near.get(PROFILE, VARIANT)[0] is None and near.connected
+
+
+def test_a_forked_process_does_not_trust_the_copies_it_inherited(near_cache, near, counting_loader, monkeypatch):
+    copied(near_cache, counting_loader)
+
+    monkeypatch.setattr("cache.near.os.getpid", lambda: -1)
+
+    assert near.get(PROFILE, VARIANT)[0] is None
+    assert near.connected  # its own tracking connection, made in the child
+
+
+def test_a_large_backlog_of_changes_is_applied_before_any_copy_is_answered(near_cache, near, real_client,
+                                                                           counting_loader):
+    copied(near_cache, counting_loader)
+    pipe = real_client.pipeline(transaction=False)
+    for user_id in range(1000, 4000):
+        pipe.set(keys.generation_key(user_id), 1)
+    pipe.delete(PROFILE)
+    pipe.execute()
+    real_client.ping()
+
+    assert near_cache.peek("profile", PROFILE, variant=VARIANT) is None
+
+
+@pytest.mark.parametrize("key, tag", [
+    (keys.profile_key(5), "{u:5}"),
+    (keys.flyer_key(7), "{f:7}"),
+    ("no-tag", "no-tag"),
+])
+def test_copies_are_grouped_by_the_hash_tag_of_their_key(key, tag):
+    assert hash_tag(key) == tag
