@@ -2,8 +2,8 @@
 from .breaker import Breaker
 from .client import make_client, make_near_cache
 from .near import NearCache
-from .readthrough import NOT_FOUND, Entry, Loaded, ReadThroughCache
+from .readthrough import NOT_FOUND, Claim, Entry, Loaded, ReadThroughCache
 from .stats import CacheStats, read_from_redis
 
-__all__ = ["Breaker", "CacheStats", "Entry", "Loaded", "NOT_FOUND", "NearCache", "ReadThroughCache",
+__all__ = ["Breaker", "CacheStats", "Claim", "Entry", "Loaded", "NOT_FOUND", "NearCache", "ReadThroughCache",
            "make_client", "make_near_cache", "read_from_redis"]

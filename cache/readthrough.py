@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import redis
@@ -15,11 +16,20 @@ from .near import NearCache
 from .scripts import Scripts
 from .stats import CacheStats
 
-__all__ = ["NOT_FOUND", "Loaded", "Entry", "ReadThroughCache"]
+__all__ = ["NOT_FOUND", "Claim", "Loaded", "Entry", "ReadThroughCache"]
 
 HIT, MISS, LEASE_WAIT, ERROR = "hit", "miss", "lease_wait", "error"
 STALE, LEASE_TIMEOUT = "stale", "lease_timeout"  # stats-only kinds of "miss": fill refused; waiter gave up
-_HIT, _WAIT = 1, 2  # LOOKUP script statuses (3: lease granted)
+_HIT, _GRANTED = 1, 3  # LOOKUP script statuses (2: another reader holds the lease)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A miss seen by `ReadThroughCache.lookup`: the lease taken (granted) or held by another reader."""
+
+    granted: bool
+    hash_key: bytes
+    token: str
 
 
 def _new_token() -> str:
@@ -52,46 +62,44 @@ class ReadThroughCache:
                                         max(1, int(generation_ttl * 1000)))
 
     def get_or_load(self, family: str, key: str, loader: Callable[[], Loaded], *,
-                    variant: str = "", generation_key: str | None = None, peeked: bool = False) -> Entry:
+                    variant: str = "", generation_key: str | None = None, claim: Claim | None = None) -> Entry:
         """Answer from the cache, or call `loader` (and fill, if granted the lease); never raises a Redis error.
 
-        `peeked` says the caller's `peek` of this entry just missed: the plain read that
-        serves hits cheaply is then skipped (the lookup script reads the value again anyway).
+        `claim` is what `lookup` returned for this entry's miss: the lease is then
+        already taken (or known to be held by another reader), so Redis is not asked again.
         """
+        if claim is not None:
+            return self._resolve(family, variant, claim, loader)
         if not self._usable():
             return self._bypass(family, loader)
         try:
-            if generation_key is None and not peeked:
+            if generation_key is None:
                 raw = self.client.hget(key, variant)
                 if raw is not None:
                     self.breaker.record_success()
                     self.stats.record(family, HIT)
                     return from_stored(raw, HIT)
-            keys = [key] if generation_key is None else [key, generation_key]
-            token = self._token_factory()
             # A fill may land between the HGET above and this call: the script
             # re-reads the value before granting a lease.
-            status, payload = self._scripts.lookup(keys=keys, args=[
-                variant, lease_field(variant), token, int(self._clock() * 1000),
-                self._lease_ttl_ms, GENERATION_SEPARATOR])
+            answer = self._claim(key, variant, generation_key)
         except redis.RedisError:
             self.breaker.record_failure()
             return self._bypass(family, loader)
         self.breaker.record_success()
-        if status == _HIT:
-            self.stats.record(family, HIT)
-            return from_stored(payload, HIT)
-        if status == _WAIT:
-            return self._wait(family, payload, variant, loader)
-        return self._load_and_fill(family, payload, variant, token, loader)
+        if isinstance(answer, Claim):
+            return self._resolve(family, variant, answer, loader)
+        self.stats.record(family, HIT)
+        return from_stored(answer[0], HIT)
 
-    def peek(self, family: str, key: str, *, variant: str = "",
-             generation_key: str | None = None) -> Entry | None:
-        """Return the stored answer on a hit (counted as one), else None: never loads, never leases.
+    def lookup(self, family: str, key: str, *, variant: str = "",
+               generation_key: str | None = None) -> Entry | Claim | None:
+        """Return the stored answer on a hit (counted as one), else a Claim to pass to `get_or_load`.
 
-        For a caller that answers hits before doing any other work; on None it goes on
-        to `get_or_load`, which counts that lookup. With a near cache, a hit it holds
-        costs no Redis round trip, and a Redis hit is copied into it.
+        For a caller that answers hits before doing any other work: one Redis round trip,
+        or none when the near cache holds the entry (a Redis hit is copied into it). On
+        a miss the lease is taken (or found held) in that same round trip, so the miss
+        needs only its fill after the load. None: Redis may not be used now (breaker
+        open, invalidations waiting for replay); `get_or_load` then bypasses the cache.
         """
         if self._invalidator.pending or not self.breaker.allow():
             return None
@@ -102,22 +110,34 @@ class ReadThroughCache:
                 self.stats.record(family, HIT)
                 return entry
         try:
-            if near is None and generation_key is None:
-                raw, ttl_ms = self.client.hget(key, variant), 0
-            else:
-                keys = [key] if generation_key is None else [key, generation_key]
-                raw, ttl_ms = self._scripts.peek(keys=keys, args=[variant, GENERATION_SEPARATOR]) or (None, 0)
+            answer = self._claim(key, variant, generation_key)
         except redis.RedisError:
             self.breaker.record_failure()
             return None
         self.breaker.record_success()
-        if raw is None:
-            return None
+        if isinstance(answer, Claim):
+            return answer
         self.stats.record(family, HIT)
-        entry = from_stored(raw, HIT)
+        entry = from_stored(answer[0], HIT)
         if stamp is not None:
-            near.put(key, variant, entry, ttl_ms, stamp)
+            near.put(key, variant, entry, answer[1], stamp)
         return entry
+
+    def _claim(self, key: str, variant: str, generation_key: str | None) -> tuple[bytes, int] | Claim:
+        """Run the lookup script: (stored value, ms the hash has left) on a hit, else the Claim."""
+        keys = [key] if generation_key is None else [key, generation_key]
+        token = self._token_factory()
+        status, payload, *ttl = self._scripts.lookup(keys=keys, args=[
+            variant, lease_field(variant), token, int(self._clock() * 1000),
+            self._lease_ttl_ms, GENERATION_SEPARATOR])
+        if status == _HIT:
+            return payload, ttl[0]
+        return Claim(status == _GRANTED, payload, token)
+
+    def _resolve(self, family: str, variant: str, claim: Claim, loader: Callable[[], Loaded]) -> Entry:
+        if claim.granted:
+            return self._load_and_fill(family, claim.hash_key, variant, claim.token, loader)
+        return self._wait(family, claim.hash_key, variant, loader)
 
     def invalidate(self, *, keys: Iterable[str] = (), generations: Iterable[tuple[str, str]] = (),
                    families: Iterable[str] = ()) -> bool:

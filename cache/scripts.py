@@ -14,7 +14,7 @@ if #KEYS > 1 then
   key = key .. ARGV[6] .. (redis.call('GET', KEYS[2]) or '0')
 end
 local value = redis.call('HGET', key, ARGV[1])
-if value then return {1, value} end
+if value then return {1, value, redis.call('PTTL', key)} end
 local now = tonumber(ARGV[4])
 local ttl = tonumber(ARGV[5])
 local lease = redis.call('HGET', key, ARGV[2])
@@ -31,7 +31,8 @@ if pttl < 0 then redis.call('PEXPIRE', key, ttl) end
 return {3, key}
 """
 """KEYS: hash (or pages base), [generation key]. ARGV: field, lease field, token,
-now ms, lease ttl ms, generation separator. Returns {1, value} on a hit, else
+now ms, lease ttl ms, generation separator. Returns {1, value, ms the hash has left}
+on a hit (a field never outlives its hash: fills and leases never extend a deadline), else
 {2, hash} when another reader holds a live lease or {3, hash} when granted."""
 
 FILL = """
@@ -54,17 +55,6 @@ return 1
 """
 """KEYS: hash. ARGV: field, lease field, token, value, ttl ms, lease prefix.
 Writes only while this token's lease is still in the hash; 1 if written."""
-
-PEEK = """
-local key = KEYS[1]
-if #KEYS > 1 then key = key .. ARGV[2] .. (redis.call('GET', KEYS[2]) or '0') end
-local value = redis.call('HGET', key, ARGV[1])
-if not value then return false end
-return {value, redis.call('PTTL', key)}
-"""
-"""KEYS: hash (or pages base), [generation key]. ARGV: field, generation separator.
-{value, remaining ms of the hash} of the (live generation's) field, or nil; read-only
-(no lease). A field never outlives its hash, whose expiry fills only ever shorten."""
 
 RELEASE = """
 local lease = redis.call('HGET', KEYS[1], ARGV[1])
@@ -99,7 +89,6 @@ class Scripts:
         self.lookup = client.register_script(LOOKUP)
         self.fill = client.register_script(FILL)
         self.release = client.register_script(RELEASE)
-        self.peek = client.register_script(PEEK)
         self.bump = client.register_script(BUMP_GENERATION)
 
     def queue_bump(self, pipe: redis.client.Pipeline, generation_key: str, pages_base: str,

@@ -1,9 +1,10 @@
 """Answer cache hits of the public reads before Flask routes the request.
 
-A hit needs no routing, no request object, no app context: one Redis lookup and the stored
-bytes. Whatever this cannot answer exactly as the Flask view would (a miss, a cached 404,
-an unusual query string, a Redis fault) goes on to Flask unchanged, so both paths give the
-same answers; the tests exercise both (first read: Flask, later reads: here).
+A hit needs no routing, no request object, no app context: one Redis lookup (none when the
+near cache holds it) and the stored bytes. Whatever this cannot answer exactly as the Flask
+view would (a miss, a cached 404, an unusual query string, a Redis fault) goes on to Flask
+unchanged, so both paths give the same answers; the tests exercise both (first read: Flask,
+later reads: here). A miss leaves its claimed lease in the environ for the view to fill.
 """
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 from werkzeug.sansio.utils import get_host
 
-from cache import ReadThroughCache
+from cache import Entry, ReadThroughCache
 from service.http import NO_CACHE, etag_matches
-from service.reads import PEEK, PEEK_MISSED, Lookup, flyer_lookup, page_lookup, profile_lookup
+from service.reads import PEEK, Lookup, flyer_lookup, page_lookup, profile_lookup
 from service.schemas import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 ROUTE = re.compile(r"/api/v1/(?:users/([1-9][0-9]{0,17})/(profile|flyers)|flyers/([1-9][0-9]{0,17}))/?")
@@ -44,12 +45,13 @@ class CachedReads:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         lookup = self._lookup(environ) if environ["REQUEST_METHOD"] == "GET" else None
-        entry = self.cache.peek(lookup.family, lookup.key, variant=lookup.variant,
-                                generation_key=lookup.generation_key) if lookup else None
-        if entry is None or entry.body is None:
-            if lookup is not None:
-                # The view answers a miss or a cached 404 without looking the entry up again.
-                environ[PEEK] = PEEK_MISSED if entry is None else entry
+        entry = self.cache.lookup(lookup.family, lookup.key, variant=lookup.variant,
+                                  generation_key=lookup.generation_key) if lookup else None
+        if not isinstance(entry, Entry) or entry.body is None:
+            if entry is not None:
+                # The view answers a miss (its lease already claimed) or a cached 404
+                # without looking the entry up again.
+                environ[PEEK] = entry
             return self.app(environ, start_response)
         etag = f'"{entry.etag}"'
         if_none_match = environ.get("HTTP_IF_NONE_MATCH")

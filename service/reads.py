@@ -10,7 +10,7 @@ from datetime import datetime
 
 from flask import current_app
 
-from cache import NOT_FOUND, Entry, Loaded, keys
+from cache import NOT_FOUND, Claim, Entry, Loaded, keys
 from models import queries
 from service.extension import services
 from service.representations import flyer_json, page_json, profile_json
@@ -40,15 +40,14 @@ def flyer_lookup(flyer_id: int, base_url: str) -> Lookup:
 
 
 PEEK = "profile_service.peek"
-"""WSGI environ key where the fast path leaves what its peek found: PEEK_MISSED, or a cached 404 Entry."""
-PEEK_MISSED = "missed"
+"""WSGI environ key where the fast path leaves what its lookup found: a Claim on the miss, or a cached 404 Entry."""
 
 
-def _read(lookup: Lookup, load, peek: Entry | str | None) -> Entry:
+def _read(lookup: Lookup, load, peek: Entry | Claim | None) -> Entry:
     if isinstance(peek, Entry):  # a cached "not found" the fast path already looked up (and counted)
         return peek
     return services().cache.get_or_load(lookup.family, lookup.key, load, variant=lookup.variant,
-                                        generation_key=lookup.generation_key, peeked=peek == PEEK_MISSED)
+                                        generation_key=lookup.generation_key, claim=peek)
 
 
 def ttl_until(now: datetime, next_change: datetime | None, *, negative: bool = False) -> float:

@@ -101,3 +101,19 @@ def test_a_cached_404_is_looked_up_once(app, client):
     client.get("/api/v1/users/99/profile")
 
     assert app.extensions["profile_service"].stats.snapshot()["requests"]["profile"] == {"miss": 1, "hit": 1}
+
+
+@pytest.mark.parametrize("path", PATHS[:1] + PATHS[2:3] + PATHS[5:])
+def test_a_miss_is_two_redis_round_trips_claim_then_fill(client, creator, redis_client, monkeypatch, path):
+    user_id, flyer_ids = creator
+    url = path.format(uid=user_id, fid=flyer_ids[0])
+    client.get(url)  # loads the scripts
+    redis_client.flushdb()
+    sent = []
+    execute = redis_client.execute_command
+    monkeypatch.setattr(redis_client, "execute_command", lambda *args, **kw: sent.append(args[0]) or execute(*args, **kw))
+
+    response = client.get(url)
+
+    assert response.status_code == 200
+    assert sent == ["EVALSHA", "EVALSHA"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from cache import keys
+from cache import Claim, keys
 from cache.entries import Entry
 from cache.near import hash_tag
 
@@ -20,7 +20,7 @@ PAGE_1 = keys.page_field(1, 20, VARIANT)
 def copied(cache, counting_loader, value=None):
     """Fill the profile through `cache` and peek it once, so the near cache holds a copy."""
     cache.get_or_load("profile", PROFILE, counting_loader(value or {"id": 5}), variant=VARIANT)
-    return cache.peek("profile", PROFILE, variant=VARIANT)
+    return cache.lookup("profile", PROFILE, variant=VARIANT)
 
 
 def test_a_hit_copied_once_is_answered_again_without_any_redis_command(near_cache, real_client, count_commands,
@@ -28,7 +28,7 @@ def test_a_hit_copied_once_is_answered_again_without_any_redis_command(near_cach
     first = copied(near_cache, counting_loader)
     counter = count_commands(real_client)
 
-    again = near_cache.peek("profile", PROFILE, variant=VARIANT)
+    again = near_cache.lookup("profile", PROFILE, variant=VARIANT)
 
     assert (again.body, again.etag, again.result) == (first.body, first.etag, "hit")
     assert counter.commands == []
@@ -37,17 +37,17 @@ def test_a_hit_copied_once_is_answered_again_without_any_redis_command(near_cach
 def test_a_hit_from_the_near_cache_counts_as_a_hit(near_cache, counting_loader, stats, near):
     copied(near_cache, counting_loader)
 
-    near_cache.peek("profile", PROFILE, variant=VARIANT)
+    near_cache.lookup("profile", PROFILE, variant=VARIANT)
 
     assert stats.snapshot()["requests"]["profile"]["hit"] == 2 and near.hits == 1
 
 
-def test_another_process_invalidation_is_seen_by_the_very_next_peek(near_cache, other_process, counting_loader):
+def test_another_process_invalidation_is_seen_by_the_very_next_lookup(near_cache, other_process, counting_loader):
     copied(near_cache, counting_loader)
 
     other_process.invalidate(keys=[PROFILE])
 
-    assert near_cache.peek("profile", PROFILE, variant=VARIANT) is None
+    assert isinstance(near_cache.lookup("profile", PROFILE, variant=VARIANT), Claim)
 
 
 def test_another_process_fill_after_an_invalidation_is_read_fresh(near_cache, other_process, counting_loader):
@@ -56,16 +56,16 @@ def test_another_process_fill_after_an_invalidation_is_read_fresh(near_cache, ot
     other_process.invalidate(keys=[PROFILE])
     other_process.get_or_load("profile", PROFILE, counting_loader({"bio": "new"}), variant=VARIANT)
 
-    assert near_cache.peek("profile", PROFILE, variant=VARIANT).body == b'{"bio":"new"}'
+    assert near_cache.lookup("profile", PROFILE, variant=VARIANT).body == b'{"bio":"new"}'
 
 
 def test_a_generation_bump_drops_the_copied_pages(near_cache, other_process, counting_loader):
     near_cache.get_or_load("flyer_page", PAGES, counting_loader({"count": 1}), variant=PAGE_1, generation_key=GEN)
-    assert near_cache.peek("flyer_page", PAGES, variant=PAGE_1, generation_key=GEN) is not None
+    assert isinstance(near_cache.lookup("flyer_page", PAGES, variant=PAGE_1, generation_key=GEN), Entry)
 
     other_process.invalidate(generations=[(GEN, PAGES)])
 
-    assert near_cache.peek("flyer_page", PAGES, variant=PAGE_1, generation_key=GEN) is None
+    assert isinstance(near_cache.lookup("flyer_page", PAGES, variant=PAGE_1, generation_key=GEN), Claim)
 
 
 def test_a_change_to_one_key_keeps_the_copies_of_other_tags(near_cache, near, other_process, counting_loader):
@@ -73,7 +73,7 @@ def test_a_change_to_one_key_keeps_the_copies_of_other_tags(near_cache, near, ot
 
     other_process.invalidate(keys=[OTHER_PROFILE])
 
-    assert near_cache.peek("profile", PROFILE, variant=VARIANT) is not None and near.hits == 1
+    assert isinstance(near_cache.lookup("profile", PROFILE, variant=VARIANT), Entry) and near.hits == 1
 
 
 def test_a_flushed_database_drops_every_copy(near_cache, near, real_client, counting_loader):
@@ -82,7 +82,7 @@ def test_a_flushed_database_drops_every_copy(near_cache, near, real_client, coun
     real_client.flushdb()
     real_client.ping()
 
-    assert near_cache.peek("profile", PROFILE, variant=VARIANT) is None and near.hits == 0
+    assert isinstance(near_cache.lookup("profile", PROFILE, variant=VARIANT), Claim) and near.hits == 0
 
 
 def test_a_copy_ends_with_the_redis_value_it_was_read_from(near, near_clock, real_client, near_cache,
@@ -147,7 +147,7 @@ def test_a_large_backlog_of_changes_is_applied_before_any_copy_is_answered(near_
     pipe.execute()
     real_client.ping()
 
-    assert near_cache.peek("profile", PROFILE, variant=VARIANT) is None
+    assert isinstance(near_cache.lookup("profile", PROFILE, variant=VARIANT), Claim)
 
 
 @pytest.mark.parametrize("key, tag", [
