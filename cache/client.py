@@ -6,7 +6,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .keys import TRACKED_PREFIXES
+from .keys import INVALIDATION_CHANNEL
 from .near import NearCache
 
 
@@ -37,7 +37,10 @@ def make_client(
 
 
 def make_near_cache(client: redis.Redis, *, max_bytes: int) -> NearCache | None:
-    """A near cache in front of `client`, or None if `max_bytes` is 0 or `client` is fakeredis (no tracking)."""
+    """A near cache in front of `client`, or None if `max_bytes` is 0 or `client` is the embedded fakeredis.
+
+    The embedded cache serves one process, which gains nothing from copies of it.
+    """
     if max_bytes <= 0 or isinstance(client, fakeredis.FakeRedis):
         return None
-    return NearCache.for_client(client, TRACKED_PREFIXES, max_bytes=max_bytes)
+    return NearCache.for_client(client, INVALIDATION_CHANNEL, max_bytes=max_bytes)

@@ -8,7 +8,7 @@ from typing import Callable, Iterable
 import redis
 
 from .breaker import Breaker
-from .keys import GENERATION_SEPARATOR
+from .keys import GENERATION_SEPARATOR, INVALIDATION_CHANNEL, hash_tag
 from .scripts import Scripts
 
 Item = tuple[str, ...]  # ("key", key) or ("generation", generation_key, pages_base)
@@ -124,8 +124,11 @@ class Invalidator:
         for gen_key, base in generations:
             self._scripts.queue_bump(pipe, gen_key, base, GENERATION_SEPARATOR, now_us,
                                      self._generation_ttl_ms)
+        # After the deletions: a near cache that drops its copies on this message and
+        # reads again must find them gone.
+        tags = {hash_tag(key) for key in keys} | {hash_tag(gen_key) for gen_key, _ in generations}
+        pipe.publish(INVALIDATION_CHANNEL, " ".join(sorted(tags)))
         pipe.execute()
-        # Fence for the near caches of every process: Redis wrote the key-change
-        # pushes of the pipeline before it reads this PING, so once it answers, every
-        # tracking socket holds them and no near cache answers past this write.
+        # Fence: Redis wrote the message to every subscriber before it reads this PING,
+        # so once it answers, no near cache of any process answers past this write.
         self._client.ping()

@@ -10,8 +10,8 @@ LEASE_PREFIX = "lease|"
 NEGATIVE_MARKER = b"\x00"
 
 
-TRACKED_PREFIXES = (f"{PREFIX}:{{u:", f"{PREFIX}:{{f:")
-"""Prefixes of every answer and generation key (not the stats counters): what near caches watch."""
+INVALIDATION_CHANNEL = f"{PREFIX}:invalidations"
+"""Pub/sub channel of invalidations: each message the space-separated hash tags a write touched."""
 
 
 def profile_key(user_id: int) -> str:
@@ -64,3 +64,10 @@ def stats_minute_key(epoch_minute: int) -> str:
 def stats_total_key() -> str:
     """Since-start counter hash shared by every process (fields `family|result`)."""
     return f"{PREFIX}:{{stats}}:total"
+
+
+def hash_tag(key: str) -> str:
+    """The `{...}` part of a key (the whole key if it has none): one user's or one flyer's keys."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start:end + 1] if start >= 0 and end > start else key

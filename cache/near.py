@@ -1,45 +1,38 @@
-"""In-process copies of hot answers, kept exact by Redis server-assisted client-side caching.
+"""In-process copies of hot answers, kept exact by the invalidations Redis relays to every process.
 
-Each process keeps one extra RESP3 connection on which Redis pushes the name of every key
-modified under the tracked prefixes (``CLIENT TRACKING ON BCAST``). Before answering from
-its copies, the process reads whatever Redis has pushed (one non-blocking poll) and drops
-the copies of every hash tag named, so it never answers past an invalidation that reached
-its socket. Writers make sure their invalidation has reached every socket before they
-answer: ``Invalidator`` sends one more round trip after its deletions, and Redis writes
-the pushes of a command before it reads the next one (see ``docs/PERFORMANCE.md``).
+Each process keeps one extra connection subscribed to the invalidation channel, on which
+every invalidation publishes the hash tags it touched (``Invalidator``, after its deletions).
+Before answering from its copies, the process reads whatever Redis has sent (one
+non-blocking poll) and drops the copies of every tag named, so it never answers past an
+invalidation that reached its socket. Writers make sure it has reached every socket before
+they answer: ``Invalidator`` sends one more round trip after publishing, and Redis writes a
+command's messages before it reads the next command (see ``docs/PERFORMANCE.md``).
 
-Why not redis-py's own client-side cache: it needs Redis >= 7.4, caches single commands
-(a page is a generation lookup plus a hash read, one Lua call), deep-copies every hit,
-and keeps a copy until the key is deleted, past the validity boundary its TTL encodes.
+Why a channel and not key tracking (``CLIENT TRACKING ON BCAST``, tried first): tracking
+also reports every lease and fill, so each miss cost every process two messages to read
+(~12 µs each); the channel carries writes only. Why not redis-py's own client-side cache:
+it needs Redis >= 7.4, caches single commands (a page is a generation lookup plus a hash
+read, one Lua call), deep-copies every hit, and keeps a copy until the key changes, past
+the validity boundary its TTL encodes.
 """
 from __future__ import annotations
 
 import os
 import threading
 import time
-from typing import Callable, Iterable
+from typing import Callable
 
 import redis
 
 from .entries import Entry
+from .keys import hash_tag
 
 Stamp = int | None
 """What `get` hands to `put`: the invalidation count then, or None when copies may not be made."""
 
 
-def hash_tag(key: str) -> str:
-    """The `{...}` part of a key: invalidations drop every copy under the same tag."""
-    start = key.find("{")
-    end = key.find("}", start + 1)
-    return key[start:end + 1] if start >= 0 and end > start else key
-
-
-def _identity(message: list) -> list:
-    return message
-
-
 class NearCache:
-    """Bounded in-process map of (key, field) -> Entry, coherent through Redis key-change pushes.
+    """Bounded in-process map of (key, field) -> Entry, coherent through Redis invalidation messages.
 
     Thread-safe. A copy is made only from a value read after the poll that `get`
     did, and only if no invalidation was applied in between (`Stamp`), so a copy
@@ -48,14 +41,14 @@ class NearCache:
     cut at a flyer's validity boundary is honoured to the millisecond.
     """
 
-    def __init__(self, connect: Callable[[], redis.Connection], prefixes: Iterable[str], *,
-                 max_bytes: int, retry_interval: float = 1.0, fence_keys: int = 1000,
+    def __init__(self, connect: Callable[[], redis.Connection], channel: str, *,
+                 max_bytes: int, retry_interval: float = 1.0, fence_tags: int = 1000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._connect_fn = connect
-        self._prefixes = list(prefixes)
+        self._channel = channel
         self.max_bytes = max_bytes
         self._retry_interval = retry_interval
-        self._fence_keys = fence_keys
+        self._fence_tags = fence_tags
         self._clock = clock
         self._lock = threading.Lock()
         self._conn: redis.Connection | None = None
@@ -68,22 +61,22 @@ class NearCache:
         self.hits = 0
 
     @classmethod
-    def for_client(cls, client: redis.Redis, prefixes: Iterable[str], **kwargs) -> "NearCache":
-        """A near cache whose tracking connection goes to the same server and database as `client`."""
+    def for_client(cls, client: redis.Redis, channel: str, **kwargs) -> "NearCache":
+        """A near cache subscribed on the same server as `client`."""
         pool = client.connection_pool
-        settings = dict(pool.connection_kwargs, protocol=3, health_check_interval=0)
-        return cls(lambda: pool.connection_class(**settings), prefixes, **kwargs)
+        settings = dict(pool.connection_kwargs, health_check_interval=0)
+        return cls(lambda: pool.connection_class(**settings), channel, **kwargs)
 
     @property
     def connected(self) -> bool:
-        """Whether invalidations are being received (copies are served only then)."""
+        """Whether invalidation messages are being received (copies are served only then)."""
         return self._conn is not None and self._pid == os.getpid()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, key: str, field: str) -> tuple[Entry | None, Stamp]:
-        """The copy of `field` of `key` after applying pushed invalidations, and a stamp for `put`."""
+        """The copy of `field` of `key` after applying received invalidations, and a stamp for `put`."""
         with self._lock:
             if not self._sync():
                 return None, None
@@ -119,21 +112,21 @@ class NearCache:
             self._clear()
 
     def close(self) -> None:
-        """Drop every copy and the tracking connection."""
+        """Drop every copy and the subscribed connection."""
         with self._lock:
             self._disconnect()
 
     def _sync(self) -> bool:
-        """Apply every invalidation Redis has pushed; False while copies may not be trusted."""
+        """Apply every invalidation Redis has sent; False while copies may not be trusted."""
         if self._conn is None or self._pid != os.getpid():
             if not self._reconnect():
                 return False
         conn = self._conn
         try:
-            keys = 0
+            tags = 0
             while conn.can_read(timeout=0):
-                keys += self._apply(conn.read_response(push_request=True))
-            if keys >= self._fence_keys:
+                tags += self._apply(conn.read_response(push_request=True))
+            if tags >= self._fence_tags:
                 self._fence(conn)
         except (redis.RedisError, OSError):
             self._disconnect()
@@ -141,31 +134,26 @@ class NearCache:
         return True
 
     def _fence(self, conn: redis.Connection) -> None:
-        """Read up to a PONG: every push Redis queued before it is then applied.
+        """Read up to the answer of a PING: every message Redis queued before it is then applied.
 
-        A backlog this large may mean Redis still holds pushes it could not write yet
+        A backlog this large may mean Redis still holds messages it could not write yet
         (a full socket buffer, or its per-event write cap); the connection is ordered,
-        so whatever precedes the PONG is everything queued so far.
+        so whatever precedes the answer is everything published so far.
         """
         conn.send_command("PING")
-        while True:
-            reply = conn.read_response(push_request=True)
-            if not isinstance(reply, list):
-                return
-            self._apply(reply)
+        while self._apply(conn.read_response(push_request=True)) >= 0:
+            pass
 
-    def _apply(self, message: object) -> int:
-        if not isinstance(message, list) or len(message) != 2 or message[0] != b"invalidate":
-            return 0
+    def _apply(self, message: list) -> int:
+        """Drop the copies of the tags in an invalidation message; how many tags (-1: not one)."""
+        if not isinstance(message, list) or message[0] != b"message":
+            return -1
         self._seq += 1
-        names = message[1]
-        if names is None:  # FLUSHDB/FLUSHALL
-            self._clear()
-            return 0
-        for name in names:
-            for item_key in self._tags.pop(hash_tag(name.decode()), ()):
+        tags = message[2].decode().split()
+        for tag in tags:
+            for item_key in self._tags.pop(tag, ()):
                 self._forget(item_key)
-        return len(names)
+        return len(tags)
 
     def _drop(self, item_key: tuple[str, str]) -> None:
         tag = self._forget(item_key)
@@ -197,17 +185,13 @@ class NearCache:
         conn = self._connect_fn()
         try:
             conn.connect()
-            conn._parser.set_invalidation_push_handler(_identity)  # as redis-py's own cache does
-            args = ["CLIENT", "TRACKING", "ON", "BCAST"]
-            for prefix in self._prefixes:
-                args += ["PREFIX", prefix]
-            conn.send_command(*args)
-            if conn.read_response() != b"OK":
-                raise redis.ConnectionError("CLIENT TRACKING was refused")
+            conn.send_command("SUBSCRIBE", self._channel)
+            if conn.read_response(push_request=True)[0] != b"subscribe":
+                raise redis.ConnectionError("SUBSCRIBE was refused")
         except (redis.RedisError, OSError):
             conn.disconnect()
             return False
-        self._clear()  # copies from before the connection may have missed invalidations
+        self._clear()  # copies from before the subscription may have missed invalidations
         self._conn = conn
         return True
 

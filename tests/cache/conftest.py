@@ -141,11 +141,11 @@ def near_clock() -> FakeClock:
 
 @pytest.fixture
 def make_near(real_client: redis.Redis, near_clock: FakeClock) -> Iterator[Any]:
-    """Build near caches tracking the test Redis, on the fake clock; closed after the test."""
+    """Build near caches subscribed on the test Redis, on the fake clock; closed after the test."""
     made: list[NearCache] = []
 
     def build(max_bytes: int = 1 << 20) -> NearCache:
-        near = NearCache.for_client(real_client, keys.TRACKED_PREFIXES, max_bytes=max_bytes, clock=near_clock)
+        near = NearCache.for_client(real_client, keys.INVALIDATION_CHANNEL, max_bytes=max_bytes, clock=near_clock)
         made.append(near)
         return near
 

@@ -168,7 +168,7 @@ def test_an_invalidation_is_one_pipeline_then_one_fencing_ping(cache, client, co
 
     assert cache.invalidate(keys=[PROFILE], generations=[(GEN, PAGES)])
 
-    assert sent == [["DEL", "EVALSHA"]] and counter.commands == ["PING"]
+    assert sent == [["DEL", "EVALSHA", "PUBLISH"]] and counter.commands == ["PING"]
 
 
 def test_an_invalidation_after_a_script_flush_still_bumps_the_generation(fake_cache, fake_client):

@@ -32,3 +32,13 @@ def test_page_fields_differ_by_page_size_and_variant_and_are_never_lease_fields(
 
     assert len(fields) == 4
     assert not any(f.startswith(keys.LEASE_PREFIX) for f in fields)
+
+
+@pytest.mark.parametrize("key, tag", [
+    (keys.profile_key(5), "{u:5}"),
+    (keys.pages_key(5), "{u:5}"),
+    (keys.flyer_key(7), "{f:7}"),
+    ("no-tag", "no-tag"),
+])
+def test_the_hash_tag_of_a_key_names_its_user_or_flyer(key, tag):
+    assert keys.hash_tag(key) == tag

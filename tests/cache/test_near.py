@@ -1,11 +1,10 @@
-"""The near cache: in-process copies of Redis hits, dropped as soon as Redis says a key changed."""
+"""The near cache: in-process copies of Redis hits, dropped as soon as an invalidation is published."""
 from __future__ import annotations
 
 import pytest
 
 from cache import Claim, keys
 from cache.entries import Entry
-from cache.near import hash_tag
 
 pytestmark = pytest.mark.tdd_green
 
@@ -76,15 +75,6 @@ def test_a_change_to_one_key_keeps_the_copies_of_other_tags(near_cache, near, ot
     assert isinstance(near_cache.lookup("profile", PROFILE, variant=VARIANT), Entry) and near.hits == 1
 
 
-def test_a_flushed_database_drops_every_copy(near_cache, near, real_client, counting_loader):
-    copied(near_cache, counting_loader)
-
-    real_client.flushdb()
-    real_client.ping()
-
-    assert isinstance(near_cache.lookup("profile", PROFILE, variant=VARIANT), Claim) and near.hits == 0
-
-
 def test_a_copy_ends_with_the_redis_value_it_was_read_from(near, near_clock, real_client, near_cache,
                                                           counting_loader):
     copied(near_cache, counting_loader)
@@ -117,10 +107,10 @@ def test_copies_beyond_the_byte_budget_evict_the_oldest(real_client, make_near):
     assert small.get(keys.profile_key(3), VARIANT)[0] is entry
 
 
-def test_a_lost_tracking_connection_drops_every_copy_until_it_is_back(near_cache, near, real_client, counting_loader):
+def test_a_lost_subscription_drops_every_copy_until_it_is_back(near_cache, near, real_client, counting_loader):
     copied(near_cache, counting_loader)
 
-    real_client.client_kill_filter(_type="normal", skipme=True)
+    real_client.client_kill_filter(_type="pubsub")
 
     assert near.get(PROFILE, VARIANT) == (None, None)
     assert not near.connected
@@ -137,23 +127,25 @@ def test_a_forked_process_does_not_trust_the_copies_it_inherited(near_cache, nea
     assert near.connected  # its own tracking connection, made in the child
 
 
-def test_a_large_backlog_of_changes_is_applied_before_any_copy_is_answered(near_cache, near, real_client,
-                                                                           counting_loader):
+def test_a_large_backlog_of_invalidations_is_applied_before_any_copy_is_answered(near_cache, real_client,
+                                                                                 other_process, counting_loader):
     copied(near_cache, counting_loader)
     pipe = real_client.pipeline(transaction=False)
-    for user_id in range(1000, 4000):
-        pipe.set(keys.generation_key(user_id), 1)
-    pipe.delete(PROFILE)
+    for user_id in range(1000, 3000):
+        pipe.publish(keys.INVALIDATION_CHANNEL, f"{{u:{user_id}}}")
     pipe.execute()
-    real_client.ping()
+
+    other_process.invalidate(keys=[PROFILE])
 
     assert isinstance(near_cache.lookup("profile", PROFILE, variant=VARIANT), Claim)
 
 
-@pytest.mark.parametrize("key, tag", [
-    (keys.profile_key(5), "{u:5}"),
-    (keys.flyer_key(7), "{f:7}"),
-    ("no-tag", "no-tag"),
-])
-def test_copies_are_grouped_by_the_hash_tag_of_their_key(key, tag):
-    assert hash_tag(key) == tag
+def test_an_invalidation_publishes_each_tag_it_touched_once(real_client, other_process):
+    subscriber = real_client.pubsub(ignore_subscribe_messages=True)
+    subscriber.subscribe(keys.INVALIDATION_CHANNEL)
+    subscriber.get_message(timeout=1)
+
+    other_process.invalidate(keys=[PROFILE, keys.flyer_key(7)], generations=[(GEN, PAGES)])
+
+    assert subscriber.get_message(timeout=1)["data"] == b"{f:7} {u:5}"
+    subscriber.close()
