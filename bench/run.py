@@ -44,6 +44,7 @@ from bench.baselines import FLASK_CACHING_PREFIX, FLOOR_BODY, FLOOR_KEY, FLOOR_P
 from bench.checker import CheckerUser, StaleChecker, flyer_multipart, picture_multipart
 from bench.report import Growth, Row, growth_table, machine, table, targets, targets_table
 from bench.servers import ROOT, GunicornSettings, Server, cpu_seconds, pids_named
+from cache import keys
 
 LOCK = Path("/tmp/profile-service-bench.lock")
 PASSWORD = "password123"  # what `flask seed` gives every user
@@ -246,6 +247,10 @@ class Bench:
 
     def flush(self) -> None:
         self.redis.flushdb()  # db 1 only (the URL's db); never FLUSHALL
+        # The workers' near caches keep exact copies through a flush: drop them too, or
+        # the next miss row would be answered from them.
+        self.redis.publish(keys.INVALIDATION_CHANNEL, keys.ALL)
+        self.redis.ping()
 
     def pg_cpu(self) -> float:
         return sum(cpu_seconds(pid) for pid in pids_named("postgres")) if self.db_url.startswith("postgresql") else 0

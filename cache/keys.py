@@ -12,6 +12,8 @@ NEGATIVE_MARKER = b"\x00"
 
 INVALIDATION_CHANNEL = f"{PREFIX}:invalidations"
 """Pub/sub channel of invalidations: each message the space-separated hash tags a write touched."""
+ALL = "*"
+"""The tag that drops every copy of every process (after a FLUSHDB, say)."""
 
 
 def profile_key(user_id: int) -> str:

@@ -25,7 +25,7 @@ from typing import Callable
 import redis
 
 from .entries import Entry
-from .keys import hash_tag
+from .keys import ALL, hash_tag
 
 Stamp = int | None
 """What `get` hands to `put`: the invalidation count then, or None when copies may not be made."""
@@ -150,6 +150,9 @@ class NearCache:
             return -1
         self._seq += 1
         tags = message[2].decode().split()
+        if ALL in tags:
+            self._clear()
+            return len(tags)
         for tag in tags:
             for item_key in self._tags.pop(tag, ()):
                 self._forget(item_key)

@@ -149,3 +149,12 @@ def test_an_invalidation_publishes_each_tag_it_touched_once(real_client, other_p
 
     assert subscriber.get_message(timeout=1)["data"] == b"{f:7} {u:5}"
     subscriber.close()
+
+
+def test_the_all_tag_drops_every_copy(near_cache, near, real_client, counting_loader):
+    copied(near_cache, counting_loader)
+
+    real_client.publish(keys.INVALIDATION_CHANNEL, keys.ALL)
+    real_client.ping()
+
+    assert isinstance(near_cache.lookup("profile", PROFILE, variant=VARIANT), Entry) and near.hits == 0
