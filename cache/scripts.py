@@ -1,6 +1,11 @@
 """Lua scripts of the lease protocol; each touches one hash tag, so one Cluster slot."""
 from __future__ import annotations
 
+import hashlib
+import os
+import threading
+from typing import Any, Sequence
+
 import redis
 
 # Lease field value: "<expiry epoch ms>|<token>". The caller supplies `now` so
@@ -80,15 +85,68 @@ return nextgen
 generation ttl ms. Deletes the live page hash and advances the generation."""
 
 
-class Scripts:
-    """The lease scripts registered on one client (EVALSHA, reloaded after a SCRIPT FLUSH)."""
+class DirectConnection:
+    """This process's own connection for the lease scripts, called without redis-py's command layer.
+
+    `Redis.execute_command` (pool checkout and release, retry wrapper, telemetry hooks)
+    costs ~27 µs of a ~60 µs EVALSHA round trip (measured interleaved, in-process), and a
+    miss makes two such calls. One connection per process, under a lock; a fork gets its
+    own. After anything but an error reply the connection is dropped (it may be out of
+    step) and the next call reconnects.
+    """
 
     def __init__(self, client: redis.Redis) -> None:
-        # redis-py's Script retries with SCRIPT LOAD on NOSCRIPT, so a flushed
-        # script cache or a restarted Redis costs one extra round trip, not an error.
-        self.lookup = client.register_script(LOOKUP)
-        self.fill = client.register_script(FILL)
-        self.release = client.register_script(RELEASE)
+        pool = client.connection_pool
+        self._make = lambda: pool.connection_class(**pool.connection_kwargs)
+        self._lock = threading.Lock()
+        self._conn: redis.Connection | None = None
+        self._pid = 0
+
+    def evalsha(self, sha: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._conn, self._pid = self._make(), os.getpid()
+            conn = self._conn
+            try:
+                conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
+                return conn.read_response()
+            except redis.ResponseError:
+                raise
+            except BaseException:
+                conn.disconnect()
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.disconnect()
+
+
+class DirectScript:
+    """A Lua script run over a DirectConnection, loaded again after a NOSCRIPT (flushed cache, restarted Redis)."""
+
+    def __init__(self, client: redis.Redis, connection: DirectConnection, source: str) -> None:
+        self._client = client
+        self._connection = connection
+        self._source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __call__(self, *, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        try:
+            return self._connection.evalsha(self.sha, keys, args)
+        except redis.exceptions.NoScriptError:
+            self._client.script_load(self._source)
+            return self._connection.evalsha(self.sha, keys, args)
+
+
+class Scripts:
+    """The lease scripts of one client: the hot three over a DirectConnection, the bump in pipelines."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        connection = DirectConnection(client)
+        self.lookup = DirectScript(client, connection, LOOKUP)
+        self.fill = DirectScript(client, connection, FILL)
+        self.release = DirectScript(client, connection, RELEASE)
         self.bump = client.register_script(BUMP_GENERATION)
 
     def queue_bump(self, pipe: redis.client.Pipeline, generation_key: str, pages_base: str,

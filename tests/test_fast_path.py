@@ -110,8 +110,9 @@ def test_a_miss_is_two_redis_round_trips_claim_then_fill(client, creator, redis_
     client.get(url)  # loads the scripts
     redis_client.flushdb()
     sent = []
-    execute = redis_client.execute_command
-    monkeypatch.setattr(redis_client, "execute_command", lambda *args, **kw: sent.append(args[0]) or execute(*args, **kw))
+    connection_class = redis_client.connection_pool.connection_class
+    send = connection_class.send_command
+    monkeypatch.setattr(connection_class, "send_command", lambda conn, *args, **kw: sent.append(args[0]) or send(conn, *args, **kw))
 
     response = client.get(url)
 

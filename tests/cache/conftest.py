@@ -42,15 +42,20 @@ class CountingLoader:
 
 
 class CommandCounter:
-    """Records the name of every command a client sends."""
+    """Records the name of every command sent on a connection of one class (pooled or direct)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, send: Any) -> None:
         self.commands: list[str] = []
-        self._send = client.execute_command
+        self._send = send
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.commands.append(str(args[0]).upper())
-        return self._send(*args, **kwargs)
+    def wrap(self) -> Any:
+        counter = self
+
+        def send_command(connection: Any, *args: Any, **kwargs: Any) -> Any:
+            counter.commands.append(str(args[0]).upper())
+            return counter._send(connection, *args, **kwargs)
+
+        return send_command
 
 
 @pytest.fixture
@@ -124,11 +129,15 @@ def counting_loader():
 
 @pytest.fixture
 def count_commands(monkeypatch: pytest.MonkeyPatch):
-    """Start counting the commands a client sends; returns the counter."""
+    """Start counting the commands sent on `client`'s kind of connection; returns the counter.
+
+    Pipelines (sent packed) are not counted.
+    """
 
     def start(client: redis.Redis) -> CommandCounter:
-        counter = CommandCounter(client)
-        monkeypatch.setattr(client, "execute_command", counter)
+        connection_class = client.connection_pool.connection_class
+        counter = CommandCounter(connection_class.send_command)
+        monkeypatch.setattr(connection_class, "send_command", counter.wrap())
         return counter
 
     return start
