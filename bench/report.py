@@ -118,6 +118,11 @@ def targets(rows: list[Row], growth: list[Growth], stale: int | None) -> list[Ta
                 for r in hits if floor]
     out.append(Target("hit CPU/request <= floor-redis", (all(ratio(r.cpu_us, floor) <= 1 for r in hits)
                                                          if floor and hits else None), "; ".join(evidence)))
+    static = find(rows, "floor-static", "floor")
+    out.append(Target("stretch: hit CPU/request < floor-static (an empty Flask route)",
+                      all(r.cpu_us < static.cpu_us for r in hits) if static and hits else None,
+                      "; ".join(f"{r.label} {r.cpu_us:.0f} µs vs {static.cpu_us:.0f} µs ({r.cpu_us / static.cpu_us:.2f}x)"
+                                for r in hits) if static else "not measured"))
     pairs = [(r, find(rows, "flask-caching", r.label)) for r in hits]
     pairs = [(r, fc) for r, fc in pairs if fc]
     out.append(Target("hit CPU/request <= 1/1.2 of flask-caching (ratio <= 0.83)",
