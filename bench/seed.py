@@ -122,7 +122,11 @@ def prepare(url: str, spec: SeedSpec, env: dict[str, str], log: Path, *, reseed:
     deleted = delete_bench_writes(url)
     ok, what = (False, "reseed asked") if reseed else matches(url, spec)
     if ok and not created:
-        return f"reusing the seeded database ({what}; {deleted} flyers of an earlier run deleted)"
+        # The deletions leave dead tuples below autovacuum's threshold; without a vacuum the
+        # validity index's index-only scans fetch the heap again (4,488 fetches and 5 ms for
+        # the 10,000-flyer creator's count, measured), which production's autovacuum avoids.
+        vacuum(url)
+        return f"reusing the seeded database ({what}; {deleted} flyers of an earlier run deleted; vacuumed)"
     started = time.perf_counter()
     engine = create_engine(sqlalchemy_url(url))
     with engine.begin() as conn:
