@@ -72,9 +72,6 @@ class NearCache:
         """Whether invalidation messages are being received (copies are served only then)."""
         return self._conn is not None and self._pid == os.getpid()
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def get(self, key: str, field: str) -> tuple[Entry | None, Stamp]:
         """The copy of `field` of `key` after applying received invalidations, and a stamp for `put`."""
         with self._lock:
@@ -105,11 +102,6 @@ class NearCache:
             self._bytes += size
             while self._bytes > self.max_bytes:
                 self._drop(next(iter(self._entries)))  # oldest copy first
-
-    def clear(self) -> None:
-        """Drop every copy."""
-        with self._lock:
-            self._clear()
 
     def close(self) -> None:
         """Drop every copy and the subscribed connection."""

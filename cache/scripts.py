@@ -91,8 +91,8 @@ class DirectConnection:
     `Redis.execute_command` (pool checkout and release, retry wrapper, telemetry hooks)
     costs ~27 µs of a ~60 µs EVALSHA round trip (measured interleaved, in-process), and a
     miss makes two such calls. One connection per process, under a lock; a fork gets its
-    own. After anything but an error reply the connection is dropped (it may be out of
-    step) and the next call reconnects.
+    own. A failure other than an error reply drops the connection (it may be out of step
+    with its replies); the next call reconnects.
     """
 
     def __init__(self, client: redis.Redis) -> None:
