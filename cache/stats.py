@@ -76,20 +76,36 @@ def read_from_redis(client: redis.Redis, now: float) -> dict[str, dict[str, dict
     "last_minute" is the current (partial) minute bucket and "last_hour" the 60
     buckets ending with it; invalidations appear under the result "invalidations".
     """
+    return read_windows_and_history(client, now)[0]
+
+
+def read_windows_and_history(client: redis.Redis, now: float) -> tuple[
+        dict[str, dict[str, dict[str, int]]], list[tuple[int, dict[str, dict[str, int]]]]]:
+    """`read_from_redis`'s windows, and the last hour minute by minute: [(epoch minute, {family: {result: n}})]."""
     minute = int(now // 60)
+    minutes = range(minute - 59, minute + 1)
     pipe = client.pipeline(transaction=False)
-    for m in range(minute - 59, minute + 1):
+    for m in minutes:
         pipe.hgetall(stats_minute_key(m))
     pipe.hgetall(stats_total_key())
-    *hour, total = pipe.execute()
+    *hour, total = [_parse(bucket) for bucket in pipe.execute()]
     windows = {"last_minute": [hour[-1]], "last_hour": hour, "since_start": [total]}
     out: dict[str, dict[str, dict[str, int]]] = {}
     for window, buckets in windows.items():
         for bucket in buckets:
-            for field, n in bucket.items():
-                family, _, result = field.decode().rpartition("|")
+            for family, results in bucket.items():
                 per_family = out.setdefault(family, {w: {} for w in windows})
-                per_family[window][result] = per_family[window].get(result, 0) + int(n)
+                for result, n in results.items():
+                    per_family[window][result] = per_family[window].get(result, 0) + n
+    return out, list(zip(minutes, hour))
+
+
+def _parse(bucket: dict[bytes, bytes]) -> dict[str, dict[str, int]]:
+    """A counter hash as {family: {result: n}}."""
+    out: dict[str, dict[str, int]] = {}
+    for field, n in bucket.items():
+        family, _, result = field.decode().rpartition("|")
+        out.setdefault(family, {})[result] = int(n)
     return out
 
 

@@ -34,6 +34,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "CACHE_NEGATIVE_TTL": float(env.get("CACHE_NEGATIVE_TTL", "5")),
         "CACHE_FAST_PATH": _bool(env.get("CACHE_FAST_PATH", "true")),
         "CACHE_NEAR_MAX_BYTES": int(env.get("CACHE_NEAR_MAX_BYTES", str(64 * 1024 * 1024))),
+        "METRICS_FLUSH_INTERVAL": float(env.get("METRICS_FLUSH_INTERVAL", "2")),
         "CACHE_LEASE_TTL": float(env.get("CACHE_LEASE_TTL", "2")),
         "CACHE_LEASE_WAIT": float(env.get("CACHE_LEASE_WAIT", "0.2")),
         "CACHE_BREAKER_THRESHOLD": int(env.get("CACHE_BREAKER_THRESHOLD", "5")),

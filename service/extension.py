@@ -10,6 +10,7 @@ from flask import current_app
 
 from cache import CacheStats, ReadThroughCache
 from service.storage import LocalStorage
+from service.telemetry import Telemetry
 
 EXTENSION = "profile_service"
 
@@ -20,6 +21,7 @@ class Services:
     redis: Any
     storage: LocalStorage
     clock: Callable[[], datetime]
+    telemetry: Telemetry
     rng: random.Random = field(default_factory=random.Random)
 
     @property

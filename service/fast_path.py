@@ -17,6 +17,7 @@ from cache import Entry, ReadThroughCache
 from service.http import NO_CACHE, etag_matches
 from service.reads import PEEK, Lookup, flyer_lookup, page_lookup, profile_lookup
 from service.schemas import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from service.telemetry import ENDPOINT
 
 ROUTE = re.compile(r"/api/v1/(?:users/([1-9][0-9]{0,17})/(profile|flyers)|flyers/([1-9][0-9]{0,17}))/?")
 PAGE_ARG = re.compile(r"(page|page_size)=([1-9][0-9]{0,8})")
@@ -53,6 +54,7 @@ class CachedReads:
                 # without looking the entry up again.
                 environ[PEEK] = entry
             return self.app(environ, start_response)
+        environ[ENDPOINT] = lookup.endpoint
         etag = f'"{entry.etag}"'
         if_none_match = environ.get("HTTP_IF_NONE_MATCH")
         if if_none_match and etag_matches(if_none_match, entry.etag):

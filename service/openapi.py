@@ -90,7 +90,7 @@ def build_spec() -> dict[str, Any]:
     for name, header in HEADERS.items():
         spec.components.header(name, header)
     for name in ("Error", "Token", "Profile", "Flyer", "FlyerPage", "Health", "Readiness",
-                 "Register", "Login", "ProfileUpdate", "FlyerFields"):
+                 "Register", "Login", "ProfileUpdate", "FlyerFields", "CacheStats"):
         spec.components.schema(name, schema=getattr(schemas, f"{name}Schema"))
     profile_write = {200: _json("Profile", "The updated profile", "ETag", "Cache-Control")}
     page_params = [_path_id("user_id"), IF_NONE_MATCH,
@@ -154,6 +154,25 @@ def build_spec() -> dict[str, Any]:
             200: _json("Readiness", "Ready"),
             503: {**_json("Readiness", "The database does not answer"), "headers": _headers("Retry-After")},
             **{k: v for k, v in _errors().items()}}}},
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics of every process sharing the Redis",
+            "description": "cache_requests_total{family,result}, cache_invalidations_total{family} and "
+                           "http_request_duration_seconds{endpoint} (histogram). The format follows the "
+                           "Accept header: Prometheus text 0.0.4 by default, or OpenMetrics. The "
+                           "X-Metrics-Scope header says whether other processes could be counted.",
+            "responses": {200: {"description": "The metrics", "headers": _headers("Cache-Control"),
+                                "content": {"text/plain; version=0.0.4; charset=utf-8": {"schema": {"type": "string"}},
+                                            "application/openmetrics-text; version=1.0.0; charset=utf-8": {
+                                                "schema": {"type": "string"}}}},
+                          **_errors()}}},
+        "/api/v1/cache/stats": {"get": {
+            "summary": "Cache hit rates per key family: last minute, last hour, since start, and per minute",
+            "responses": {200: _json("CacheStats", "The hit rates", "Cache-Control"), **_errors()}}},
+        "/dashboard": {"get": {
+            "summary": "A page charting the cache hit rates, refreshing itself",
+            "responses": {200: {"description": "The page", "headers": _headers("Cache-Control"),
+                                "content": {"text/html; charset=utf-8": {"schema": {"type": "string"}}}},
+                          **_errors()}}},
         "/openapi.json": {"get": {"summary": "This document", "responses": {
             200: {"description": "OpenAPI 3", "content": {"application/json": {"schema": {"type": "object"}}}},
             **_errors()}}},

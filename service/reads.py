@@ -24,19 +24,20 @@ class Lookup:
     key: str
     variant: str
     generation_key: str | None = None
+    endpoint: str = ""  # the Flask endpoint serving this read (latency label of fast-path hits)
 
 
 def profile_lookup(user_id: int, base_url: str) -> Lookup:
-    return Lookup("profile", keys.profile_key(user_id), base_url)
+    return Lookup("profile", keys.profile_key(user_id), base_url, endpoint="profiles.get_profile")
 
 
 def page_lookup(user_id: int, page: int, page_size: int, base_url: str) -> Lookup:
     return Lookup("flyer_page", keys.pages_key(user_id), keys.page_field(page, page_size, base_url),
-                  keys.generation_key(user_id))
+                  keys.generation_key(user_id), endpoint="flyers.list_creator_flyers")
 
 
 def flyer_lookup(flyer_id: int, base_url: str) -> Lookup:
-    return Lookup("flyer", keys.flyer_key(flyer_id), base_url)
+    return Lookup("flyer", keys.flyer_key(flyer_id), base_url, endpoint="flyers.get_flyer")
 
 
 PEEK = "profile_service.peek"

@@ -175,3 +175,38 @@ class HealthSchema(Schema):
 class ReadinessSchema(Schema):
     database = fields.String(required=True)
     cache = fields.String(required=True)
+
+
+class HitRatesSchema(Schema):
+    """Lookups of one key family over one window: hits are "hit" plus "lease_wait" answers."""
+
+    lookups = fields.Integer(required=True)
+    hits = fields.Integer(required=True)
+    hit_rate = fields.Float(required=True, allow_none=True, metadata={"description": "hits / lookups; null without lookups"})
+    results = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True,
+                          metadata={"description": "Lookups by result: hit, miss, lease_wait, error, stale, lease_timeout"})
+
+
+class FamilyRatesSchema(Schema):
+    last_minute = fields.Nested(HitRatesSchema, required=True)
+    last_hour = fields.Nested(HitRatesSchema, required=True)
+    since_start = fields.Nested(HitRatesSchema, required=True)
+
+
+class MinuteRatesSchema(Schema):
+    lookups = fields.Integer(required=True)
+    hits = fields.Integer(required=True)
+    hit_rate = fields.Float(required=True, allow_none=True)
+
+
+class StatsMinuteSchema(Schema):
+    minute = fields.DateTime(required=True)
+    families = fields.Dict(keys=fields.String(), values=fields.Nested(MinuteRatesSchema), required=True)
+
+
+class CacheStatsSchema(Schema):
+    scope = fields.String(required=True, metadata={
+        "description": "Whose lookups are counted: every process sharing the Redis, or this one alone"})
+    families = fields.Dict(keys=fields.String(), values=fields.Nested(FamilyRatesSchema), required=True)
+    history = fields.List(fields.Nested(StatsMinuteSchema), required=True,
+                          metadata={"description": "The last 60 minutes, oldest first"})
