@@ -109,7 +109,8 @@ class Telemetry:
         """Push this process's counts now; False if Redis could not take them (they stay for next time)."""
         now = self._clock()
         self._due = now + self.interval
-        return self.stats.flush_to_redis(self.client, now) & self.latency.flush_to_redis(self.client)
+        counts_pushed = self.stats.flush_to_redis(self.client, now)
+        return self.latency.flush_to_redis(self.client) and counts_pushed
 
     def shared_counts(self) -> tuple[dict, list, dict, str]:
         """(windows, history, latency, scope) of every process; this process's alone if Redis fails.
