@@ -177,12 +177,15 @@ class ReadinessSchema(Schema):
     cache = fields.String(required=True)
 
 
-class HitRatesSchema(Schema):
-    """Lookups of one key family over one window: hits are "hit" plus "lease_wait" answers."""
+class MinuteRatesSchema(Schema):
+    """Lookups of one key family over a time window: hits are "hit" plus "lease_wait" answers."""
 
     lookups = fields.Integer(required=True)
     hits = fields.Integer(required=True)
     hit_rate = fields.Float(required=True, allow_none=True, metadata={"description": "hits / lookups; null without lookups"})
+
+
+class HitRatesSchema(MinuteRatesSchema):
     results = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True,
                           metadata={"description": "Lookups by result: hit, miss, lease_wait, error, stale, lease_timeout"})
 
@@ -191,12 +194,6 @@ class FamilyRatesSchema(Schema):
     last_minute = fields.Nested(HitRatesSchema, required=True)
     last_hour = fields.Nested(HitRatesSchema, required=True)
     since_start = fields.Nested(HitRatesSchema, required=True)
-
-
-class MinuteRatesSchema(Schema):
-    lookups = fields.Integer(required=True)
-    hits = fields.Integer(required=True)
-    hit_rate = fields.Float(required=True, allow_none=True)
 
 
 class StatsMinuteSchema(Schema):
