@@ -119,8 +119,8 @@ class Telemetry:
         [(epoch minute, {family: {result: n}})]; latency: `Latency.snapshot`'s shape.
         """
         try:
-            if not self.push():
-                raise redis.ConnectionError("the push was refused")
+            if not self._redis_ok() or not self.push():  # an open breaker: do not wait on Redis here either
+                raise redis.ConnectionError("Redis is unavailable")
             windows, history = read_windows_and_history(self.client, self._clock())
             return windows, history, read_latency(self.client), ALL_PROCESSES
         except redis.RedisError:
