@@ -1,16 +1,18 @@
 """Request latency per endpoint, and sharing this process's counters with every other through Redis.
 
 Each process counts in memory (cheap enough for the hit path: a lock and two additions) and
-adds what it counted since its last push to Redis hashes at most every
-``METRICS_FLUSH_INTERVAL`` seconds, from the request that finds the push due; the operations
-endpoints push their own process's counts before they read. So a process that has gone idle
-holds back at most one interval of counts until its next request.
+adds what it counted since its last push to Redis hashes every ``METRICS_FLUSH_INTERVAL``
+seconds: from the request that finds the push due, or else from a daemon thread of the
+process that wakes once per interval (so an idle process's last counts arrive too). The
+operations endpoints push their own process's counts before they read.
 """
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 import time
+import weakref
 from typing import Any, Callable, Iterable
 
 import redis
@@ -104,6 +106,7 @@ class Telemetry:
         self._redis_ok = redis_ok
         self._clock = clock
         self._due = 0.0
+        self._pusher_pid = 0
 
     def push(self) -> bool:
         """Push this process's counts now; False if Redis could not take them (they stay for next time)."""
@@ -133,12 +136,35 @@ class Telemetry:
             return windows, [], self.latency.snapshot(), THIS_PROCESS
 
     def push_if_due(self) -> None:
-        """Push from a request when the interval has passed, unless the cache's breaker is not closed."""
+        """Push when the interval has passed, unless the cache's breaker is not closed."""
+        if self._pusher_pid != os.getpid() and self.interval > 0:
+            self._start_pusher()
         if self._clock() >= self._due:
             if self._redis_ok():
                 self.push()
             else:
                 self._due = self._clock() + self.interval
+
+
+    def _start_pusher(self) -> None:
+        """Start this process's timer thread (again after a fork: threads do not survive one)."""
+        self._pusher_pid = os.getpid()
+        threading.Thread(target=_push_periodically, args=(weakref.ref(self), self.interval),
+                         name="telemetry-push", daemon=True).start()
+
+
+def _push_periodically(telemetry: "weakref.ref[Telemetry]", interval: float) -> None:
+    """Push every `interval` while the Telemetry lives (a weak reference: an app that is gone lets it end)."""
+    while True:
+        time.sleep(interval)
+        alive = telemetry()
+        if alive is None:
+            return
+        try:
+            alive.push_if_due()
+        except Exception:  # a push must never kill the timer; the next one retries
+            pass
+        del alive
 
 
 class Timed:

@@ -1,7 +1,10 @@
 """Operations: /metrics, /api/v1/cache/stats and /dashboard, counted over every process sharing the Redis."""
+import time
+
 import fakeredis
 import pytest
 
+from cache import read_from_redis
 from models import db
 from service import create_app
 
@@ -134,3 +137,17 @@ def test_the_dashboard_is_a_page_that_charts_the_stats_and_refreshes_itself(clie
 @pytest.mark.parametrize("path", ["/metrics", "/api/v1/cache/stats", "/dashboard"])
 def test_operations_answers_are_never_cached_by_clients(client, path):
     assert client.get(path).headers["Cache-Control"] == "no-store"
+
+
+def test_an_idle_process_pushes_its_last_counts_within_an_interval(app_config, redis_client, profile_url):
+    app = create_app({**app_config, "METRICS_FLUSH_INTERVAL": 0.05}, redis_client=redis_client)
+    client = app.test_client()
+    read(client, profile_url, 3)  # the first request pushes at once; the others wait for the timer
+    deadline = time.monotonic() + 5
+
+    while read_from_redis(redis_client, time.time()).get("profile", {}).get("since_start", {}).get("hit") != 2:
+        assert time.monotonic() < deadline, "the idle process never pushed its counts"
+        time.sleep(0.02)
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
