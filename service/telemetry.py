@@ -17,12 +17,12 @@ from typing import Any, Callable, Iterable
 
 import redis
 
-from cache import CacheStats
+from cache import CacheStats, keys
 from cache.stats import INVALIDATIONS, read_windows_and_history
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 """Upper bounds (seconds) of the latency histogram's buckets; the last bucket is +Inf."""
-LATENCY_KEY = "pf:1:{stats}:latency"
+LATENCY_KEY = f"{keys.PREFIX}:{{stats}}:latency"
 """Hash shared by every process: fields ``endpoint|<bucket index>`` and ``endpoint|sum``."""
 ALL_PROCESSES, THIS_PROCESS = "all processes sharing the Redis", "this process only (Redis unavailable)"
 ENDPOINT = "profile_service.endpoint"
@@ -144,7 +144,6 @@ class Telemetry:
                 self.push()
             else:
                 self._due = self._clock() + self.interval
-
 
     def _start_pusher(self) -> None:
         """Start this process's timer thread (again after a fork: threads do not survive one)."""
