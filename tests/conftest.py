@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import event, text
 
-from models import Flyer, FlyerImage, User, db
+from models import Flyer, FlyerImage, db
 from service import create_app
 
 SQLITE = "sqlite"
