@@ -36,11 +36,13 @@ def make_client(
     return redis.Redis(connection_pool=pool)
 
 
-def make_near_cache(client: redis.Redis, *, max_bytes: int) -> NearCache | None:
-    """A near cache in front of `client`, or None if `max_bytes` is 0 or `client` is the embedded fakeredis.
+def make_near_cache(client: redis.Redis, *, max_bytes: int, window: float = 0.03) -> NearCache | None:
+    """A near cache in front of `client`, or None if `max_bytes` or `window` is 0 or `client` is the embedded fakeredis.
 
     The embedded cache serves one process, which gains nothing from copies of it.
+    `window` is how old the proof of being caught up may be (see ``NearCache``); every
+    write waits that long after its invalidation, so it bounds what copies cost writes.
     """
-    if max_bytes <= 0 or isinstance(client, fakeredis.FakeRedis):
+    if max_bytes <= 0 or window <= 0 or isinstance(client, fakeredis.FakeRedis):
         return None
-    return NearCache.for_client(client, INVALIDATION_CHANNEL, max_bytes=max_bytes)
+    return NearCache.for_client(client, INVALIDATION_CHANNEL, max_bytes=max_bytes, window=window)

@@ -1,9 +1,13 @@
-"""Sending invalidations to Redis, and keeping the ones that failed until they are replayed."""
+"""Sending invalidations to Redis: deletions, generation bumps and the near caches' message.
+
+There is no in-process queue of failed invalidations any more: what a write invalidates is
+recorded durably in the database's outbox (see ``service.outbox``), so a failed delivery is
+retried by whichever process can reach Redis, and none is lost with a process.
+"""
 from __future__ import annotations
 
-import itertools
-import threading
-from typing import Callable, Iterable
+import time
+from typing import Callable
 
 import redis
 
@@ -11,103 +15,56 @@ from .breaker import Breaker
 from .keys import GENERATION_SEPARATOR, INVALIDATION_CHANNEL, hash_tag
 from .scripts import Scripts
 
-Item = tuple[str, ...]  # ("key", key) or ("generation", generation_key, pages_base)
-
-
-class PendingInvalidations:
-    """A thread-safe set of failed invalidations, each stamped with when it was last queued."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._items: dict[Item, int] = {}
-        self._seq = itertools.count()
-
-    def __bool__(self) -> bool:
-        return bool(self._items)
-
-    def add(self, keys: Iterable[str], generations: Iterable[tuple[str, str]]) -> None:
-        """Queue deletions of `keys` and bumps of `(generation_key, pages_base)` pairs."""
-        with self._lock:
-            for key in keys:
-                self._items[("key", key)] = next(self._seq)
-            for gen_key, base in generations:
-                self._items[("generation", gen_key, base)] = next(self._seq)
-
-    def snapshot(self) -> dict[Item, int]:
-        """The queued items with their stamps, to replay and then `discard`."""
-        with self._lock:
-            return dict(self._items)
-
-    def discard(self, replayed: dict[Item, int]) -> None:
-        """Forget replayed items, unless one was queued again while the replay was in flight."""
-        # A re-queued item belongs to a later write: the replay may have reached
-        # Redis before that write committed, so it must be replayed once more.
-        with self._lock:
-            for item, stamp in replayed.items():
-                if self._items.get(item) == stamp:
-                    del self._items[item]
-
-
-def split(items: Iterable[Item]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Keys and generation pairs of queued items."""
-    keys: list[str] = []
-    generations: list[tuple[str, str]] = []
-    for item in items:
-        if item[0] == "key":
-            keys.append(item[1])
-        else:
-            generations.append((item[1], item[2]))
-    return keys, generations
-
 
 class Invalidator:
-    """Deletes keys and bumps generations in one pipeline, queueing what fails (see ReadThroughCache.invalidate)."""
+    """Deletes keys and bumps generations in one pipeline, retrying until a deadline.
+
+    The breaker never stops an invalidation: it protects reads. A delivery is tried at
+    least once whatever the breaker says, and its outcome is reported to the breaker.
+    """
 
     def __init__(self, client: redis.Redis, scripts: Scripts, breaker: Breaker,
-                 clock: Callable[[], float], generation_ttl_ms: int) -> None:
+                 clock: Callable[[], float], generation_ttl_ms: int, *, settle: float = 0.0,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self._client = client
         self._scripts = scripts
         self._breaker = breaker
         self._clock = clock
         self._generation_ttl_ms = generation_ttl_ms
-        self.pending = PendingInvalidations()
+        self.settle = settle
+        self._monotonic = monotonic
+        self._sleep = sleep
 
-    def invalidate(self, keys: list[str], generations: list[tuple[str, str]]) -> bool:
-        """Send these invalidations, and any queued ones first; False if they were queued."""
-        if not self._breaker.allow():
-            self.pending.add(keys, generations)
-            return False
-        queued = self.pending.snapshot()
-        queued_keys, queued_generations = split(queued)
-        try:
-            self._execute(queued_keys + keys, queued_generations + generations)
-        except redis.RedisError:
-            self.pending.add(keys, generations)
-            self._breaker.record_failure()
-            return False
-        self.pending.discard(queued)
+    def deliver(self, keys: list[str], generations: list[tuple[str, str]], *,
+                timeout: float = 0.0) -> bool:
+        """Send these invalidations, retrying with back-off for up to `timeout` seconds; True once sent.
+
+        After a successful send it also waits out `settle` (the near caches' proof window):
+        by then no process serves a copy from before these deletions (see ``NearCache``).
+        """
+        if not keys and not generations:
+            return True
+        deadline = self._monotonic() + timeout
+        delay = 0.01
+        while True:
+            try:
+                self._execute(keys, generations)
+                break
+            except redis.RedisError:
+                self._breaker.record_failure()
+                remaining = deadline - self._monotonic()
+                if remaining <= 0:
+                    return False
+                self._sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.1)
         self._breaker.record_success()
+        if self.settle > 0:
+            self._sleep(self.settle + 0.001)
         return True
-
-    def replay(self) -> bool:
-        """Replay the queued invalidations if the breaker allows; True if none remain."""
-        if not self._breaker.allow():
-            return False
-        queued = self.pending.snapshot()
-        try:
-            self._execute(*split(queued))
-        except redis.RedisError:
-            self._breaker.record_failure()
-            return False
-        self.pending.discard(queued)
-        self._breaker.record_success()
-        # Another invalidation may have failed meanwhile: it must land first.
-        return not self.pending
 
     def _execute(self, keys: list[str], generations: list[tuple[str, str]]) -> None:
         """Send the deletions and generation bumps in one pipeline; raise on any Redis error."""
-        if not keys and not generations:
-            return
         try:
             self._send(keys, generations)
         except redis.exceptions.NoScriptError:
@@ -129,6 +86,3 @@ class Invalidator:
         tags = {hash_tag(key) for key in keys} | {hash_tag(gen_key) for gen_key, _ in generations}
         pipe.publish(INVALIDATION_CHANNEL, " ".join(sorted(tags)))
         pipe.execute()
-        # Fence: Redis wrote the message to every subscriber before it reads this PING,
-        # so once it answers, no near cache of any process answers past this write.
-        self._client.ping()

@@ -6,9 +6,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+import fakeredis
 import redis
 
 from .breaker import Breaker
+from .epoch import EpochGuard
 from .entries import NOT_FOUND, Entry, Loaded, from_loaded, from_stored
 from .invalidation import Invalidator
 from .keys import GENERATION_SEPARATOR, LEASE_PREFIX, lease_field
@@ -46,20 +48,31 @@ class ReadThroughCache:
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep,
                  token_factory: Callable[[], str] = _new_token,
-                 generation_ttl: float = 86400.0, near: NearCache | None = None) -> None:
+                 generation_ttl: float = 86400.0, near: NearCache | None = None,
+                 repair: Callable[[], None] | None = None,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.client = client
         self.stats = stats if stats is not None else CacheStats()
         self.breaker = breaker if breaker is not None else Breaker()
-        self._scripts = Scripts(client)
+        self.epoch = EpochGuard(repair)
+        # The embedded fakeredis cannot restart behind the process's back: no epoch check.
+        self._scripts = Scripts(client, None if isinstance(client, fakeredis.FakeRedis) else self.epoch)
         self._lease_ttl_ms = max(1, int(lease_ttl * 1000))
         self._wait_timeout = wait_timeout
         self._poll_interval = poll_interval
         self._clock = clock
+        self._wall_clock = wall_clock  # deadlines are compared with Redis's own clock
         self._sleep = sleep
         self._token_factory = token_factory
         self.near = near
+        self.suspended = False
+        """While True, lookups bypass Redis: invalidations known to be pending have not been delivered."""
+        self.on_suspended: Callable[[], None] | None = None
+        """Called by a lookup that found the cache suspended (the service starts its deliverer there)."""
         self._invalidator = Invalidator(client, self._scripts, self.breaker, clock,
-                                        max(1, int(generation_ttl * 1000)))
+                                        max(1, int(generation_ttl * 1000)),
+                                        settle=near.window if near is not None else 0.0,
+                                        monotonic=clock, sleep=sleep)
 
     def get_or_load(self, family: str, key: str, loader: Callable[[], Loaded], *,
                     variant: str = "", generation_key: str | None = None, claim: Claim | None = None) -> Entry:
@@ -70,17 +83,11 @@ class ReadThroughCache:
         """
         if claim is not None:
             return self._resolve(family, variant, claim, loader)
-        if not self._usable():
+        if self.suspended or not self.breaker.allow():
+            if self.suspended and self.on_suspended is not None:
+                self.on_suspended()
             return self._bypass(family, loader)
         try:
-            if generation_key is None:
-                raw = self.client.hget(key, variant)
-                if raw is not None:
-                    self.breaker.record_success()
-                    self.stats.record(family, HIT)
-                    return from_stored(raw, HIT)
-            # A fill may land between the HGET above and this call: the script
-            # re-reads the value before granting a lease.
             answer = self._claim(key, variant, generation_key)
         except redis.RedisError:
             self.breaker.record_failure()
@@ -99,9 +106,11 @@ class ReadThroughCache:
         or none when the near cache holds the entry (a Redis hit is copied into it). On
         a miss the lease is taken (or found held) in that same round trip, so the miss
         needs only its fill after the load. None: Redis may not be used now (breaker
-        open, invalidations waiting for replay); `get_or_load` then bypasses the cache.
+        open, or `suspended`); `get_or_load` then bypasses the cache.
         """
-        if self._invalidator.pending or not self.breaker.allow():
+        if self.suspended or not self.breaker.allow():
+            if self.suspended and self.on_suspended is not None:
+                self.on_suspended()
             return None
         near, stamp = self.near, None
         if near is not None:
@@ -140,49 +149,42 @@ class ReadThroughCache:
         return self._wait(family, claim.hash_key, variant, loader)
 
     def invalidate(self, *, keys: Iterable[str] = (), generations: Iterable[tuple[str, str]] = (),
-                   families: Iterable[str] = ()) -> bool:
-        """Delete `keys` and bump each `(generation_key, pages_base)`; False if queued for replay.
+                   families: Iterable[str] = (), timeout: float = 0.0) -> bool:
+        """Delete `keys` and bump each `(generation_key, pages_base)`; True once Redis has them.
 
         Deleting a hash removes its values and leases together, so any fill still in
-        flight for it is refused. Everything goes in one non-transactional pipeline.
-
-        If Redis cannot be reached, the invalidation is not dropped: it is kept in an
-        in-process queue, the breaker records a failure, and this process stops
-        reading the cache (lookups bypass it, result "error") until the queue has been
-        replayed; the next call that the breaker lets try Redis replays it first.
-        Limits: another process (or instance) may still read the entry this process
-        failed to invalidate once Redis is reachable again, until the replay lands or
-        the entry's ttl ends; a process that exits loses its queue (a durable outbox
-        is a later issue). A Redis restart without persistence loses the entries
-        anyway, so the queue only matters for network faults.
+        flight for it is refused. Everything goes in one non-transactional pipeline,
+        retried for up to `timeout` seconds whatever the breaker says; on success the
+        call returns once no near cache of any process can still serve what was deleted.
+        False: Redis could not be reached in time. The caller keeps the invalidation
+        (the service's outbox does) and delivers it again later.
         """
-        for family in families:
-            self.stats.record_invalidation(family)
-        return self._invalidator.invalidate(list(keys), list(generations))
-
-    def _usable(self) -> bool:
-        """Whether this lookup may use Redis: queued invalidations must be replayed first."""
-        if not self._invalidator.pending:
-            return self.breaker.allow()
-        return self._invalidator.replay()
+        delivered = self._invalidator.deliver(list(keys), list(generations), timeout=timeout)
+        if delivered:
+            for family in families:
+                self.stats.record_invalidation(family)
+        return delivered
 
     def _load_and_fill(self, family: str, hash_key: bytes, variant: str, token: str,
                        loader: Callable[[], Loaded]) -> Entry:
         """Holder of the lease: load, then write only if the lease survived (no stale set)."""
+        started = self._wall_clock()
         try:
             loaded = loader()
             entry, stored = from_loaded(loaded, MISS)
         except BaseException:
             self._release(hash_key, variant, token)
             raise
-        ttl_ms = int(loaded.ttl * 1000)
+        # The loader's TTL counts from when it read the database (no earlier than `started`):
+        # the deadline is absolute, so no delay before the fill can stretch it.
+        deadline_ms = int((started + loaded.ttl) * 1000)
         try:
-            if ttl_ms <= 0:  # not cacheable: just let the next reader have the lease
+            if loaded.ttl <= 0:  # not cacheable: just let the next reader have the lease
                 self._scripts.release(keys=[hash_key], args=[lease_field(variant), token])
-                filled = True
+                filled = 1
             else:
                 filled = self._scripts.fill(keys=[hash_key], args=[
-                    variant, lease_field(variant), token, stored, ttl_ms, LEASE_PREFIX])
+                    variant, lease_field(variant), token, stored, deadline_ms, LEASE_PREFIX])
         except redis.RedisError:
             self.breaker.record_failure()
             self.stats.record(family, ERROR)
@@ -190,7 +192,7 @@ class ReadThroughCache:
         self.breaker.record_success()
         # Refused: an invalidation deleted the hash (and our lease) while we loaded,
         # so what we loaded may predate the write; return it but never store it.
-        self.stats.record(family, MISS if filled else STALE)
+        self.stats.record(family, STALE if filled == 0 else MISS)
         return entry
 
     def _wait(self, family: str, hash_key: bytes, variant: str,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import redis
 
@@ -45,21 +45,31 @@ local lease = redis.call('HGET', KEYS[1], ARGV[2])
 if not lease then return 0 end
 local bar = string.find(lease, '|', 1, true)
 if not bar or string.sub(lease, bar + 1) ~= ARGV[3] then return 0 end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local deadline = tonumber(ARGV[5])
+if deadline <= now then
+  -- Loaded before a validity boundary that has passed since: never stored.
+  redis.call('HDEL', KEYS[1], ARGV[2])
+  return 2
+end
 local others = false
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
   if f ~= ARGV[1] and string.sub(f, 1, #ARGV[6]) ~= ARGV[6] then others = true break end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
 redis.call('HDEL', KEYS[1], ARGV[2])
-local ttl = tonumber(ARGV[5])
 local pttl = redis.call('PTTL', KEYS[1])
 -- Another variant's value already set the hash's deadline; never extend it
--- (its ttl may be time-aware), only shorten it.
-if not others or pttl < 0 or ttl < pttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+-- (its deadline may be a validity boundary), only bring it forward.
+if not others or pttl < 0 or deadline < now + pttl then redis.call('PEXPIREAT', KEYS[1], deadline) end
 return 1
 """
-"""KEYS: hash. ARGV: field, lease field, token, value, ttl ms, lease prefix.
-Writes only while this token's lease is still in the hash; 1 if written."""
+"""KEYS: hash. ARGV: field, lease field, token, value, deadline (epoch ms), lease prefix.
+Writes only while this token's lease is still in the hash and the deadline is ahead (by
+Redis's clock): 1 if written, 2 if the deadline had passed, 0 if the lease was gone. An
+absolute deadline, not a TTL, so a fill that waited on a lock or a slow network never
+keeps a value past the validity boundary its loader computed."""
 
 RELEASE = """
 local lease = redis.call('HGET', KEYS[1], ARGV[1])
@@ -92,21 +102,24 @@ class DirectConnection:
     costs ~27 µs of a ~60 µs EVALSHA round trip (measured interleaved, in-process), and a
     miss makes two such calls. One connection per process, under a lock; a fork gets its
     own. A failure other than an error reply drops the connection (it may be out of step
-    with its replies); the next call reconnects.
+    with its replies); the next call reconnects. Every new connection is first handed to
+    `on_connect` (the epoch check, see ``cache.epoch``); if that raises, it is not used.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis,
+                 on_connect: Callable[[redis.Connection], None] | None = None) -> None:
         pool = client.connection_pool
         self._make = lambda: pool.connection_class(**pool.connection_kwargs)
         self._lock = threading.Lock()
         self._conn: redis.Connection | None = None
         self._pid = 0
+        self.on_connect = on_connect
 
     def evalsha(self, sha: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         with self._lock:
-            if self._pid != os.getpid():
-                self._conn, self._pid = self._make(), os.getpid()
             conn = self._conn
+            if conn is None or self._pid != os.getpid():
+                conn = self._open()
             try:
                 conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
                 return conn.read_response()
@@ -114,12 +127,26 @@ class DirectConnection:
                 raise
             except BaseException:
                 conn.disconnect()
+                self._conn = None
                 raise
+
+    def _open(self) -> redis.Connection:
+        conn = self._make()
+        if self.on_connect is not None:
+            try:
+                conn.connect()
+                self.on_connect(conn)
+            except BaseException:
+                conn.disconnect()
+                raise
+        self._conn, self._pid = conn, os.getpid()
+        return conn
 
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
                 self._conn.disconnect()
+                self._conn = None
 
 
 class DirectScript:
@@ -142,8 +169,9 @@ class DirectScript:
 class Scripts:
     """The lease scripts of one client: the hot three over a DirectConnection, the bump in pipelines."""
 
-    def __init__(self, client: redis.Redis) -> None:
-        connection = DirectConnection(client)
+    def __init__(self, client: redis.Redis,
+                 on_connect: Callable[[redis.Connection], None] | None = None) -> None:
+        connection = DirectConnection(client, on_connect)
         self.lookup = DirectScript(client, connection, LOOKUP)
         self.fill = DirectScript(client, connection, FILL)
         self.release = DirectScript(client, connection, RELEASE)

@@ -19,6 +19,7 @@ from service.config import load_config
 from service.errors import register_error_handlers
 from service.extension import EXTENSION, Services
 from service.fast_path import CachedReads
+from service.outbox import Outbox
 from service.storage import LocalStorage
 from service.telemetry import ENDPOINT, Telemetry, Timed
 
@@ -58,7 +59,9 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
                       max_delay=settings["CACHE_BREAKER_MAX_DELAY"])
     cache = ReadThroughCache(client, breaker=breaker, lease_ttl=settings["CACHE_LEASE_TTL"],
                              wait_timeout=settings["CACHE_LEASE_WAIT"],
-                             near=make_near_cache(client, max_bytes=settings["CACHE_NEAR_MAX_BYTES"]))
+                             near=make_near_cache(client, max_bytes=settings["CACHE_NEAR_MAX_BYTES"],
+                                                  window=settings["CACHE_NEAR_PROOF_MS"] / 1000))
+    outbox = _outbox(app, cache)
     telemetry = Telemetry(cache.stats, client, interval=settings["METRICS_FLUSH_INTERVAL"],
                           redis_ok=lambda: breaker.state == "closed")
     app.extensions[EXTENSION] = Services(
@@ -67,6 +70,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
         storage=LocalStorage(settings["MEDIA_ROOT"]),
         clock=settings.get("CLOCK", models_base.utcnow),
         telemetry=telemetry,
+        outbox=outbox,
         rng=random.Random(),
     )
 
@@ -87,6 +91,23 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
         app.wsgi_app = CachedReads(app.wsgi_app, cache, app.config)
     app.wsgi_app = Timed(app.wsgi_app, telemetry)
     return app
+
+
+def _outbox(app: Flask, cache: ReadThroughCache) -> Outbox:
+    """The outbox deliverer of this app; its thread starts with the first cache lookup of each process."""
+    settings = app.config
+    with app.app_context():
+        engine = db.engine
+    longest_ttl = max(settings["CACHE_DEFAULT_TTL"], settings["CACHE_NEGATIVE_TTL"], settings["CACHE_LEASE_TTL"])
+    outbox = Outbox(engine, cache, write_timeout=settings["CACHE_WRITE_DEADLINE"],
+                    poll_interval=settings["OUTBOX_POLL_INTERVAL"], grace=settings["OUTBOX_GRACE"],
+                    retention=longest_ttl + 60)
+    cache.epoch.repair = outbox.replay_window
+    if settings["OUTBOX_POLL_INTERVAL"] > 0:
+        # Reads wait for the deliverer's first pass in every process (see Outbox.start).
+        cache.suspended = True
+        cache.on_suspended = outbox.start
+    return outbox
 
 
 def _name_endpoint() -> None:

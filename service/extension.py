@@ -9,6 +9,7 @@ from typing import Any, Callable
 from flask import current_app
 
 from cache import CacheStats, ReadThroughCache
+from service.outbox import Outbox
 from service.storage import LocalStorage
 from service.telemetry import Telemetry
 
@@ -22,6 +23,7 @@ class Services:
     storage: LocalStorage
     clock: Callable[[], datetime]
     telemetry: Telemetry
+    outbox: Outbox
     rng: random.Random = field(default_factory=random.Random)
 
     @property

@@ -1,88 +1,47 @@
-"""Automatic cache invalidation from SQLAlchemy session events.
+"""Cache invalidation after every commit of the service's own session.
 
-Whatever commits through the session (API, CLI, shell) is seen here: ``after_flush`` collects
-the users, flyers and images that changed, and ``after_commit`` invalidates their cache keys.
-Invalidating after the commit, never before, is what makes the leases work: a reader that
-loaded the old row before the commit holds a lease that the invalidation revokes, so its
-fill is refused; a reader that starts after the invalidation reads the committed row.
-The write's answer is built after ``commit()`` returns, so it follows its invalidation.
+What a change invalidates is not worked out here: the database's triggers record it in the
+outbox, in the change's own transaction (``models.outbox``), whoever makes the change. This
+module only makes the service's own writes deliver those rows before they answer: a session
+that wrote something (an ORM flush, or a bulk INSERT/UPDATE/DELETE statement) delivers the
+outbox after its commit (``service.outbox.Outbox.after_write``). Invalidating after the
+commit, never before, is what makes the leases work: a reader that loaded the old row before
+the commit holds a lease that the invalidation revokes, so its fill is refused; a reader that
+starts after the invalidation reads the committed row. The write's answer is built after
+``commit()`` returns, so it follows its invalidation.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from flask import current_app, has_app_context
-from sqlalchemy import event, inspect, select
-from sqlalchemy.orm import Session
+from sqlalchemy import event
+from sqlalchemy.orm import ORMExecuteState, Session
 
-from cache import keys
-from models import Flyer, FlyerImage, User, db
+from models import db
 
-PENDING = "pending_invalidation"
-# Fields of a user that flyer JSON embeds as its creator.
-CREATOR_FIELDS = ("username", "display_name", "thumbnail_key")
+WROTE = "wrote_outbox_tables"
 
 
-@dataclass
-class Pending:
-    profiles: set[int] = field(default_factory=set)   # user ids whose profile changed
-    creators: set[int] = field(default_factory=set)   # user ids whose pages changed
-    flyers: set[int] = field(default_factory=set)
+def _wrote(session: Session, *args: object) -> None:
+    session.info[WROTE] = True
 
 
-def _pending(session: Session) -> Pending:
-    return session.info.setdefault(PENDING, Pending())
+def _wrote_statement(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        state.session.info[WROTE] = True
 
 
-def _creator_changed(user: User) -> bool:
-    state = inspect(user)
-    return any(state.attrs[name].history.has_changes() for name in CREATOR_FIELDS)
-
-
-def _collect(session: Session, flush_context: object) -> None:
-    pending = _pending(session)
-    for obj in (*session.new, *session.dirty, *session.deleted):
-        if isinstance(obj, User):
-            pending.profiles.add(obj.id)
-            pending.creators.add(obj.id)
-            if obj in session.dirty and _creator_changed(obj):
-                # Every flyer of this creator embeds the changed name or avatar.
-                pending.flyers.update(session.scalars(select(Flyer.id).where(Flyer.creator_id == obj.id)))
-        elif isinstance(obj, Flyer):
-            pending.profiles.add(obj.creator_id)
-            pending.creators.add(obj.creator_id)
-            pending.flyers.add(obj.id)
-        elif isinstance(obj, FlyerImage):
-            creator_id = session.scalar(select(Flyer.creator_id).where(Flyer.id == obj.flyer_id))
-            if creator_id is not None:
-                pending.creators.add(creator_id)
-            pending.flyers.add(obj.flyer_id)
-
-
-def _invalidate(session: Session) -> None:
-    pending = session.info.pop(PENDING, None)
-    if pending is not None and has_app_context():
-        invalidate(pending)
-
-
-def invalidate(pending: Pending) -> None:
-    """Drop the cache entries of what ``pending`` names (also for writes that bypass the ORM session)."""
-    cache = current_app.extensions["profile_service"].cache
-    cache.invalidate(
-        keys=[keys.profile_key(uid) for uid in pending.profiles] + [keys.flyer_key(fid) for fid in pending.flyers],
-        generations=[(keys.generation_key(uid), keys.pages_key(uid)) for uid in pending.creators],
-        families=(["profile"] * bool(pending.profiles) + ["flyer_page"] * bool(pending.creators)
-                  + ["flyer"] * bool(pending.flyers)),
-    )
+def _deliver(session: Session) -> None:
+    if session.info.pop(WROTE, False) and has_app_context():
+        current_app.extensions["profile_service"].outbox.after_write()
 
 
 def _discard(session: Session, *args: object) -> None:
-    session.info.pop(PENDING, None)
+    session.info.pop(WROTE, None)
 
 
 def listen() -> None:
     """Attach the listeners to the Flask-SQLAlchemy session (once per process)."""
-    for name, function in (("after_flush", _collect), ("after_commit", _invalidate),
-                           ("after_rollback", _discard)):
+    for name, function in (("after_flush", _wrote), ("do_orm_execute", _wrote_statement),
+                           ("after_commit", _deliver), ("after_rollback", _discard)):
         if not event.contains(db.session, name, function):
             event.listen(db.session, name, function)

@@ -82,6 +82,7 @@ def app_config(database_url: str, tmp_path: Any, clock: FakeClock) -> dict[str, 
         "PASSWORD_HASH_METHOD": FAST_HASH,
         "SECRET_KEY": TEST_SECRET,
         "CLOCK": clock,
+        "OUTBOX_POLL_INTERVAL": 0,  # no deliverer thread: each test's own writes deliver their outbox
     }
 
 
@@ -91,7 +92,7 @@ def app(app_config: dict[str, Any], redis_client: Any) -> Iterator[Any]:
     with app.app_context():
         if db.engine.dialect.name == "postgresql":
             db.create_all()
-            db.session.execute(text("TRUNCATE flyer_images, flyers, users RESTART IDENTITY CASCADE"))
+            db.session.execute(text("TRUNCATE flyer_images, flyers, users, cache_outbox RESTART IDENTITY CASCADE"))
             db.session.commit()
         else:
             db.create_all()

@@ -1,4 +1,6 @@
-"""Redis faults: outages, an open breaker, queued invalidations, a flushed script cache."""
+"""Redis faults: outages, an open breaker, invalidations retried to a deadline, fills past their deadline."""
+import time
+
 import pytest
 
 from cache import Breaker, Loaded, keys
@@ -17,7 +19,8 @@ def test_a_hit_sends_exactly_one_redis_command(cache, client, count_commands, co
 
     cache.get_or_load("profile", PROFILE, counting_loader({"id": 5}))
 
-    assert counter.commands == ["HGET"]
+    # The lookup script, over the connection whose server was checked (cache.epoch).
+    assert counter.commands == ["EVALSHA"]
 
 
 def test_a_page_hit_sends_exactly_one_redis_command(cache, client, count_commands, counting_loader):
@@ -87,55 +90,74 @@ def test_an_invalidation_while_redis_is_down_returns_false(fake_cache, fake_serv
     assert fake_cache.invalidate(keys=[PROFILE], families=["profile"]) is False
 
 
-def test_reads_bypass_the_cache_until_a_queued_invalidation_is_replayed(make_cache, fake_client, fake_server,
-                                                                        clock, counting_loader):
+def test_an_open_breaker_never_stops_an_invalidation(make_cache, fake_client, fake_server, clock,
+                                                     counting_loader):
     cache = make_cache(fake_client, breaker=Breaker(threshold=1, clock=clock))
     cache.get_or_load("profile", PROFILE, counting_loader({"name": "old"}))
     fake_server.connected = False
-    cache.invalidate(keys=[PROFILE])
-    fake_server.connected = True  # back, but the breaker is still open
-
-    entry = cache.get_or_load("profile", PROFILE, counting_loader({"name": "new"}))
-
-    assert (entry.result, entry.body) == ("error", b'{"name":"new"}')
-    assert fake_client.exists(PROFILE)  # the old entry is still there, unread
-
-
-def test_a_queued_invalidation_is_replayed_before_the_next_lookup(fake_cache, fake_client, fake_server,
-                                                                  counting_loader):
-    fake_cache.get_or_load("profile", PROFILE, counting_loader({"name": "old"}))
-    fake_server.connected = False
-    fake_cache.invalidate(keys=[PROFILE])
+    cache.get_or_load("profile", PROFILE, counting_loader({"name": "old"}))  # opens the breaker
     fake_server.connected = True
+
+    assert cache.breaker.state == "open"
+    assert cache.invalidate(keys=[PROFILE]) is True
+    assert not fake_client.exists(PROFILE) and cache.breaker.state == "closed"
+
+
+def test_an_invalidation_is_retried_until_redis_answers_within_its_timeout(make_cache, fake_client, fake_server,
+                                                                           clock, counting_loader):
+    cache = make_cache(fake_client)
+    cache.get_or_load("profile", PROFILE, counting_loader({"name": "old"}))
+    fake_server.connected = False
+    sleeps = []
+
+    def sleep(seconds):  # Redis comes back during the third pause
+        sleeps.append(seconds)
+        clock.advance(seconds)
+        fake_server.connected = len(sleeps) >= 3
+
+    cache._invalidator._sleep = sleep
+
+    assert cache.invalidate(keys=[PROFILE], timeout=1.0) is True
+    assert len(sleeps) == 3 and not fake_client.exists(PROFILE)
+
+
+def test_an_invalidation_gives_up_at_its_timeout(fake_cache, fake_server, clock):
+    fake_server.connected = False
+    started = clock()
+
+    assert fake_cache.invalidate(keys=[PROFILE], timeout=0.5) is False
+    assert 0.5 <= clock() - started < 0.7
+
+
+def test_reads_bypass_the_cache_while_it_is_suspended(fake_cache, counting_loader):
+    fake_cache.get_or_load("profile", PROFILE, counting_loader({"name": "old"}))
+    woken = []
+    fake_cache.suspended, fake_cache.on_suspended = True, lambda: woken.append(True)
 
     entry = fake_cache.get_or_load("profile", PROFILE, counting_loader({"name": "new"}))
 
-    assert (entry.result, entry.body) == ("miss", b'{"name":"new"}')
+    assert (entry.result, entry.body) == ("error", b'{"name":"new"}') and woken == [True]
+    assert fake_cache.lookup("profile", PROFILE) is None
 
 
-def test_a_queued_generation_bump_is_replayed_by_the_next_invalidation(fake_cache, fake_client, fake_server,
-                                                                       counting_loader):
-    fake_cache.get_or_load("pages", PAGES, counting_loader([1]), variant=PAGE_1, generation_key=GEN)
-    fake_server.connected = False
-    fake_cache.invalidate(generations=[(GEN, PAGES)])
-    fake_server.connected = True
+def test_a_fill_that_comes_after_its_deadline_is_never_stored(cache, client):
+    def slow_loader():  # its answer is valid for 50 ms, but the fill only comes 150 ms later
+        time.sleep(0.15)
+        return Loaded({"id": 5}, 0.05)
 
-    ok = fake_cache.invalidate(keys=[keys.flyer_key(9)])
+    entry = cache.get_or_load("profile", PROFILE, slow_loader)
 
-    assert ok and fake_client.get(GEN) is not None
-    assert not fake_client.exists(keys.generation_hash_key(PAGES, 0))
+    assert entry.body == b'{"id":5}' and not client.hexists(PROFILE, "")
 
 
-def test_a_failed_replay_keeps_the_invalidation_queued(fake_cache, fake_client, fake_server, counting_loader):
-    fake_cache.get_or_load("profile", PROFILE, counting_loader({"name": "old"}))
-    fake_server.connected = False
-    fake_cache.invalidate(keys=[PROFILE])
-    fake_cache.get_or_load("profile", PROFILE, counting_loader({"name": "x"}))  # replay fails
-    fake_server.connected = True
+def test_a_fill_expires_at_the_deadline_its_loader_computed(cache, client):
+    def slow_loader():  # valid for 1 s from the load; the fill comes 300 ms later
+        time.sleep(0.3)
+        return Loaded({"id": 5}, 1.0)
 
-    entry = fake_cache.get_or_load("profile", PROFILE, counting_loader({"name": "new"}))
+    cache.get_or_load("profile", PROFILE, slow_loader)
 
-    assert entry.body == b'{"name":"new"}'
+    assert 0 < client.pttl(PROFILE) <= 710
 
 
 def test_a_flushed_script_cache_is_reloaded_transparently(fake_cache, fake_client, counting_loader):
@@ -147,7 +169,7 @@ def test_a_flushed_script_cache_is_reloaded_transparently(fake_cache, fake_clien
     assert (entry.result, entry.body) == ("hit", b"[1]")
 
 
-def test_an_invalidation_is_one_pipeline_then_one_fencing_ping(cache, client, count_commands, monkeypatch):
+def test_an_invalidation_is_one_pipeline(cache, client, count_commands, monkeypatch):
     cache.invalidate(generations=[(GEN, PAGES)])  # the first one loads the script (NOSCRIPT)
     sent = []
     make_pipeline = client.pipeline
@@ -168,7 +190,7 @@ def test_an_invalidation_is_one_pipeline_then_one_fencing_ping(cache, client, co
 
     assert cache.invalidate(keys=[PROFILE], generations=[(GEN, PAGES)])
 
-    assert sent == [["DEL", "EVALSHA", "PUBLISH"]] and counter.commands == ["PING"]
+    assert sent == [["DEL", "EVALSHA", "PUBLISH"]] and counter.commands == []
 
 
 def test_an_invalidation_after_a_script_flush_still_bumps_the_generation(fake_cache, fake_client):

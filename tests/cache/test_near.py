@@ -1,5 +1,11 @@
-"""The near cache: in-process copies of Redis hits, dropped as soon as an invalidation is published."""
+"""The near cache: in-process copies of Redis hits, served only with a fresh proof of being caught up.
+
+The near cache runs on a fake clock that only moves when a test moves it. A writer answers
+only after waiting the proof window (`settle`); the tests move the clock by as much.
+"""
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -16,8 +22,23 @@ VARIANT = "http://127.0.0.1:8000"
 PAGE_1 = keys.page_field(1, 20, VARIANT)
 
 
+def caught_up(near):
+    """Look up until the near cache has read the answer to a PING, as lookups under load do."""
+    deadline = time.monotonic() + 2
+    while not near.caught_up:
+        near.get("warm-up", "")
+        assert time.monotonic() < deadline, "no PONG within 2 s"
+        time.sleep(0.001)
+
+
+def settle(near_clock, near):
+    """What a writer does after its invalidation: let the proof window pass."""
+    near_clock.advance(near.window + 0.001)
+
+
 def copied(cache, counting_loader, value=None):
     """Fill the profile through `cache` and peek it once, so the near cache holds a copy."""
+    caught_up(cache.near)
     cache.get_or_load("profile", PROFILE, counting_loader(value or {"id": 5}), variant=VARIANT)
     return cache.lookup("profile", PROFILE, variant=VARIANT)
 
@@ -41,36 +62,45 @@ def test_a_hit_from_the_near_cache_counts_as_a_hit(near_cache, counting_loader, 
     assert stats.snapshot()["requests"]["profile"]["hit"] == 2 and near.hits == 1
 
 
-def test_another_process_invalidation_is_seen_by_the_very_next_lookup(near_cache, other_process, counting_loader):
+def test_another_process_invalidation_is_seen_once_the_writer_has_answered(near_cache, near, near_clock,
+                                                                           other_process, counting_loader):
     copied(near_cache, counting_loader)
 
     other_process.invalidate(keys=[PROFILE])
+    settle(near_clock, near)
 
     assert isinstance(near_cache.lookup("profile", PROFILE, variant=VARIANT), Claim)
 
 
-def test_another_process_fill_after_an_invalidation_is_read_fresh(near_cache, other_process, counting_loader):
+def test_another_process_fill_after_an_invalidation_is_read_fresh(near_cache, near, near_clock, other_process,
+                                                                  counting_loader):
     copied(near_cache, counting_loader, {"bio": "old"})
 
     other_process.invalidate(keys=[PROFILE])
+    settle(near_clock, near)
     other_process.get_or_load("profile", PROFILE, counting_loader({"bio": "new"}), variant=VARIANT)
 
     assert near_cache.lookup("profile", PROFILE, variant=VARIANT).body == b'{"bio":"new"}'
 
 
-def test_a_generation_bump_drops_the_copied_pages(near_cache, other_process, counting_loader):
+def test_a_generation_bump_drops_the_copied_pages(near_cache, near, near_clock, other_process, counting_loader):
+    caught_up(near)
     near_cache.get_or_load("flyer_page", PAGES, counting_loader({"count": 1}), variant=PAGE_1, generation_key=GEN)
     assert isinstance(near_cache.lookup("flyer_page", PAGES, variant=PAGE_1, generation_key=GEN), Entry)
 
     other_process.invalidate(generations=[(GEN, PAGES)])
+    settle(near_clock, near)
 
     assert isinstance(near_cache.lookup("flyer_page", PAGES, variant=PAGE_1, generation_key=GEN), Claim)
 
 
-def test_a_change_to_one_key_keeps_the_copies_of_other_tags(near_cache, near, other_process, counting_loader):
+def test_a_change_to_one_key_keeps_the_copies_of_other_tags(near_cache, near, near_clock, other_process,
+                                                            counting_loader):
     copied(near_cache, counting_loader)
 
     other_process.invalidate(keys=[OTHER_PROFILE])
+    settle(near_clock, near)
+    caught_up(near)
 
     assert isinstance(near_cache.lookup("profile", PROFILE, variant=VARIANT), Entry) and near.hits == 1
 
@@ -86,9 +116,11 @@ def test_a_copy_ends_with_the_redis_value_it_was_read_from(near, near_clock, rea
 
 
 def test_a_value_read_before_an_applied_invalidation_is_not_copied(near, other_process, counting_loader):
+    caught_up(near)
     other_process.get_or_load("profile", PROFILE, counting_loader({"id": 5}), variant=VARIANT)
     _, stamp = near.get(PROFILE, VARIANT)
     other_process.invalidate(keys=[PROFILE])
+    time.sleep(0.05)
     near.get(OTHER_PROFILE, VARIANT)  # applies the invalidation, as another thread's request would
 
     near.put(PROFILE, VARIANT, Entry(b"{}", "e" * 32, "hit"), 60_000, stamp)
@@ -98,6 +130,7 @@ def test_a_value_read_before_an_applied_invalidation_is_not_copied(near, other_p
 
 def test_copies_beyond_the_byte_budget_evict_the_oldest(real_client, make_near):
     small = make_near(max_bytes=300)
+    caught_up(small)
     entry = Entry(b"x" * 100, "e" * 32, "hit")
     stamp = small.get(PROFILE, VARIANT)[1]
     for user_id in (1, 2, 3):
@@ -113,9 +146,10 @@ def test_a_lost_subscription_drops_every_copy_until_it_is_back(near_cache, near,
     real_client.client_kill_filter(_type="pubsub")
 
     assert near.get(PROFILE, VARIANT) == (None, None)
-    assert not near.connected
-    near._next_attempt = 0.0  # the retry interval has passed
-    assert near.get(PROFILE, VARIANT)[0] is None and near.connected
+    assert not near.caught_up
+    near._next_attempt = float("-inf")  # the retry interval has passed
+    caught_up(near)
+    assert near.get(PROFILE, VARIANT)[0] is None
 
 
 def test_a_forked_process_does_not_trust_the_copies_it_inherited(near_cache, near, counting_loader, monkeypatch):
@@ -124,11 +158,13 @@ def test_a_forked_process_does_not_trust_the_copies_it_inherited(near_cache, nea
     monkeypatch.setattr("cache.near.os.getpid", lambda: -1)
 
     assert near.get(PROFILE, VARIANT)[0] is None
-    assert near.connected  # its own tracking connection, made in the child
+    caught_up(near)  # on its own subscribed connection, made in the child
+    assert near.get(PROFILE, VARIANT)[0] is None
 
 
-def test_a_large_backlog_of_invalidations_is_applied_before_any_copy_is_answered(near_cache, real_client,
-                                                                                 other_process, counting_loader):
+def test_a_large_backlog_of_invalidations_is_applied_before_any_copy_is_answered(near_cache, near, near_clock,
+                                                                                 real_client, other_process,
+                                                                                 counting_loader):
     copied(near_cache, counting_loader)
     pipe = real_client.pipeline(transaction=False)
     for user_id in range(1000, 3000):
@@ -136,6 +172,7 @@ def test_a_large_backlog_of_invalidations_is_applied_before_any_copy_is_answered
     pipe.execute()
 
     other_process.invalidate(keys=[PROFILE])
+    settle(near_clock, near)
 
     assert isinstance(near_cache.lookup("profile", PROFILE, variant=VARIANT), Claim)
 
@@ -158,3 +195,38 @@ def test_the_all_tag_drops_every_copy(near_cache, near, real_client, counting_lo
     real_client.ping()
 
     assert isinstance(near_cache.lookup("profile", PROFILE, variant=VARIANT), Entry) and near.hits == 0
+
+
+def test_no_copy_is_served_once_the_proof_is_older_than_the_window(near_cache, near, near_clock, counting_loader):
+    copied(near_cache, counting_loader)
+
+    near_clock.advance(near.window + 0.001)
+
+    assert near.get(PROFILE, VARIANT) == (None, None)
+
+
+def test_copies_are_served_again_once_a_new_ping_is_answered(near_cache, near, near_clock, counting_loader):
+    copied(near_cache, counting_loader)
+    near_clock.advance(near.window + 0.001)
+
+    caught_up(near)
+
+    assert near.get(PROFILE, VARIANT)[0] is not None
+
+
+def test_a_subscription_that_stops_answering_serves_nothing_and_is_dropped(near_cache, near, near_clock,
+                                                                          real_client, counting_loader):
+    copied(near_cache, counting_loader)
+    real_client.execute_command("CLIENT", "PAUSE", "500", "ALL")  # a silent connection, as if half-open
+    try:
+        near_clock.advance(near.window / 2 + 0.001)
+        near.get(PROFILE, VARIANT)  # sends a PING that no answer follows
+        near_clock.advance(near.window / 2)
+        served_while_silent = near.get(PROFILE, VARIANT)
+        near_clock.advance(1.1)
+        dropped = near.get(PROFILE, VARIANT)
+    finally:
+        real_client.execute_command("CLIENT", "UNPAUSE")
+
+    assert served_while_silent == (None, None)
+    assert dropped == (None, None) and near.size == (0, 0)
