@@ -189,26 +189,34 @@ class Outbox:
     def _catch_up(self, *, min_age: float, first: bool = False) -> None:
         """Deliver rows pending longer than `min_age`, with this process's reads suspended meanwhile."""
         try:
-            while not self._stop.is_set():
-                with self.engine.connect() as conn:
-                    self.backlog = conn.execute(text(
-                        f"SELECT count(*) FROM cache_outbox WHERE delivered = :no"
-                        f" AND created_at <= {self._now} - :age"), {"no": False, "age": min_age}).scalar_one()
-                    conn.rollback()
-                if not self.backlog:
-                    break
-                self.cache.suspended = True
-                if self.deliver_pending(timeout=self.poll_interval, min_age=min_age):
-                    break
+            while not self.catch_up(min_age=min_age) and not self._stop.is_set():
                 self._stop.wait(0.05)
-            self.backlog = 0
-            self.cache.suspended = False
         except Exception as error:
             # The database cannot say what is pending. If it is down nobody can write, so
             # reads go on from the cache (serving cached answers through a database outage).
             log.info("cache: outbox unreadable (%s)", error)
             if first:
                 self.cache.suspended = False
+
+    def catch_up(self, *, min_age: float) -> bool:
+        """One pass of the deliverer: True once nothing older than `min_age` is pending (reads resume).
+
+        While rows that old are pending, this process's reads are suspended: their writer
+        could not deliver them in its deadline, so Redis may still hold what they invalidate.
+        Raises the database's errors.
+        """
+        with self.engine.connect() as conn:
+            self.backlog = conn.execute(text(
+                f"SELECT count(*) FROM cache_outbox WHERE delivered = :no"
+                f" AND created_at <= {self._now} - :age"), {"no": False, "age": min_age}).scalar_one()
+            conn.rollback()
+        if self.backlog:
+            self.cache.suspended = True
+            if not self.deliver_pending(timeout=self.poll_interval, min_age=min_age):
+                return False
+            self.backlog = 0
+        self.cache.suspended = False
+        return True
 
     def _listen(self):
         import psycopg  # PostgreSQL only
