@@ -5,7 +5,8 @@ import os
 import random
 from typing import Any, Mapping
 
-from flask import Flask, request
+import redis
+from flask import Flask, Response, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
@@ -54,6 +55,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     client = redis_client if redis_client is not None else make_client(
         settings["REDIS_URL"], connect_timeout=settings["REDIS_SOCKET_TIMEOUT"],
         socket_timeout=settings["REDIS_SOCKET_TIMEOUT"])
+    _require_lua(client)
     breaker = Breaker(threshold=settings["CACHE_BREAKER_THRESHOLD"], base_delay=settings["CACHE_BREAKER_BASE_DELAY"],
                       max_delay=settings["CACHE_BREAKER_MAX_DELAY"])
     cache = ReadThroughCache(client, breaker=breaker, lease_ttl=settings["CACHE_LEASE_TTL"],
@@ -79,6 +81,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     for blueprint in (auth.bp, profiles.bp, flyers.bp, media.bp, health.bp, openapi.bp, operations.bp):
         app.register_blueprint(blueprint)
     app.before_request(_name_endpoint)
+    # First in the list, so it runs after every other after_request hook (Flask runs them in reverse).
+    app.after_request_funcs.setdefault(None, []).insert(0, _retry_after_only_when_waiting)
     register_error_handlers(app)
 
     from service.commands import register_commands
@@ -93,3 +97,21 @@ def _name_endpoint() -> None:
     """Label the request's latency with the endpoint Flask routed it to (see service.telemetry)."""
     if request.endpoint is not None:  # None: no route matched (the label stays "unmatched")
         request.environ[ENDPOINT] = request.endpoint
+
+
+def _require_lua(client: Any) -> None:
+    """Refuse a fakeredis without Lua: every cache lookup runs a script and would fail, silently."""
+    if not type(client).__module__.startswith("fakeredis"):
+        return
+    try:
+        client.eval("return 1", 0)
+    except redis.ResponseError as error:
+        raise RuntimeError("fakeredis cannot run Lua scripts, which the cache needs: "
+                           "pip install 'fakeredis[lua]' (it adds lupa)") from error
+
+
+def _retry_after_only_when_waiting(response: Response) -> Response:
+    """Keep Retry-After on 429 and 503 only; the rate limiter adds it to every answer it counts."""
+    if response.status_code not in (429, 503):
+        response.headers.pop("Retry-After", None)
+    return response
