@@ -72,13 +72,14 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
         rng=random.Random(),
     )
 
-    from service import auth, flyers, health, media, openapi, operations, profiles
+    from service import auth, docs, flyers, health, media, openapi, operations, profiles
     app.config["RATELIMIT_ENABLED"] = app.config["RATE_LIMIT_ENABLED"]
     limiter = Limiter(get_remote_address, app=app,
                       storage_uri=app.config["REDIS_URL"] or "memory://", headers_enabled=True,
                       swallow_errors=True, key_prefix="pf-ratelimit")
     limiter.limit(app.config["RATE_LIMIT_AUTH"])(auth.bp)
-    for blueprint in (auth.bp, profiles.bp, flyers.bp, media.bp, health.bp, openapi.bp, operations.bp):
+    for blueprint in (auth.bp, profiles.bp, flyers.bp, media.bp, health.bp, openapi.bp, operations.bp,
+                      docs.bp):
         app.register_blueprint(blueprint)
     app.before_request(_name_endpoint)
     # First in the list, so it runs after every other after_request hook (Flask runs them in reverse).
