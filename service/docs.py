@@ -47,7 +47,7 @@ def docs_page() -> Response:
     return Response(page, content_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
 
 
-@bp.get("/docs/assets/<name>")
+@bp.get("/docs/assets/<path:name>")
 def docs_asset(name: str) -> Response:
     if name not in ASSETS:
         raise NotFound("Not found")
