@@ -194,6 +194,11 @@ class LiveService:
 # ---- the pytest plugin ------------------------------------------------------------------------
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--live-service-port", type=int, default=0,
+                     help="loopback port of the live_service fixture (default: any free port)")
+
+
 @pytest.fixture
 def redis_server() -> fakeredis.FakeServer:
     """The fake Redis server behind ``redis_client``."""
@@ -240,9 +245,15 @@ def client(app: Flask) -> Any:
 
 
 @pytest.fixture
-def live_service(app: Flask) -> Iterator[LiveService]:
-    """``app`` served by a real HTTP server on a free loopback port, for HTTP clients of your own."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+def live_service_port(request: pytest.FixtureRequest) -> int:
+    """The port ``live_service`` binds: ``--live-service-port``, or 0 for any free one."""
+    return request.config.getoption("live_service_port")
+
+
+@pytest.fixture
+def live_service(app: Flask, live_service_port: int) -> Iterator[LiveService]:
+    """``app`` served by a real HTTP server on a loopback port, for HTTP clients of your own."""
+    server = make_server("127.0.0.1", live_service_port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield LiveService(app=app, url=f"http://127.0.0.1:{server.server_port}")

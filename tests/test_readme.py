@@ -87,12 +87,13 @@ def test_the_client_generation_steps_give_a_client_that_reads_the_service(live_s
     assert used.stdout.strip() == "0 []"
 
 
-def test_the_testing_example_passes_in_a_project_of_its_own(tmp_path):
+def test_the_testing_example_passes_in_a_project_of_its_own(tmp_path, live_service_port):
     conftest, example = _blocks("Testing your code against it", "python")
     (tmp_path / "conftest.py").write_text(conftest)
     (tmp_path / "test_example.py").write_text(example)
 
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "no:cacheprovider"],
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "no:cacheprovider",
+                          f"--live-service-port={live_service_port}"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
 
