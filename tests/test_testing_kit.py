@@ -5,6 +5,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import fakeredis
 import pytest
 import redis
 from werkzeug.security import generate_password_hash
@@ -124,3 +125,13 @@ def test_fakeredis_without_lua_stops_create_app_with_what_to_install(tmp_path):
 
     assert run.returncode != 0
     assert "pip install 'fakeredis[lua]'" in run.stderr
+
+
+def test_create_app_starts_on_a_fakeredis_that_is_down():
+    server = fakeredis.FakeServer()
+    server.connected = False
+
+    app = make_app(redis_client=fakeredis.FakeRedis(server=server))
+
+    assert app.test_client().get("/healthz").status_code == 200
+    dispose_app(app)
