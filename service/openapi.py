@@ -138,6 +138,15 @@ def _fallback_id(method: str, path: str) -> str:
     return "_".join([method, *words])
 
 
+def _fallback_tag(path: str) -> str:
+    """The tag of an operation OPERATIONS does not name yet, from its path."""
+    for prefix, tag in (("/api/v1/auth", "auth"), ("/api/v1/flyers", "flyers"), ("/api/v1/users", "profiles"),
+                        ("/media", "media"), ("/docs", "documentation")):
+        if path.startswith(prefix):
+            return tag
+    return "operations"
+
+
 def build_spec() -> dict[str, Any]:
     """Return the OpenAPI 3 document of the whole API as a dict."""
     marshmallow = MarshmallowPlugin()
@@ -263,7 +272,7 @@ def build_spec() -> dict[str, Any]:
     spec.components.schema("FlyerUpdate", schema=schemas.FlyerFieldsSchema(partial=True))
     for path, operations in paths.items():
         for method, operation in operations.items():
-            operation_id, tag = OPERATIONS.get((path, method), (_fallback_id(method, path), path.split("/")[1]))
+            operation_id, tag = OPERATIONS.get((path, method), (_fallback_id(method, path), _fallback_tag(path)))
             operation.setdefault("operationId", operation_id)
             operation.setdefault("tags", [tag])
         spec.path(path=path, operations=operations)
