@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Set everything up and run the service under gunicorn on http://127.0.0.1:8000.
-# Embedded defaults: SQLite (./profile-service.db) with demo data and an in-process cache.
+# Embedded defaults: SQLite (instance/profile-service.db) with demo data and an in-process cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+bash scripts/install.sh requirements.txt  # pip runs only when requirements.txt changed
 export FLASK_APP=wsgi
 .venv/bin/flask db upgrade
 .venv/bin/flask seed --if-empty

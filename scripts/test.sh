@@ -4,6 +4,5 @@
 # (REDIS_URL_TEST). With DATABASE_URL=postgresql://... every database test also runs on PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+bash scripts/install.sh requirements-test.txt  # the service's requirements and the tests' own
 exec .venv/bin/pytest "$@"

@@ -5,7 +5,8 @@ import os
 import random
 from typing import Any, Mapping
 
-from flask import Flask, request
+import redis
+from flask import Flask, Response, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
@@ -39,7 +40,11 @@ class IdConverter(BaseConverter):
 
 
 def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = None) -> Flask:
-    """Build the application; ``config`` overrides the environment, ``redis_client`` the cache's Redis."""
+    """Build the application; ``config`` overrides the environment.
+
+    ``redis_client`` (e.g. a ``fakeredis.FakeRedis``, which needs ``fakeredis[lua]``) replaces ``REDIS_URL``;
+    ``service.testing`` builds test apps this way.
+    """
     app = Flask(__name__)
     app.config.update(load_config())
     app.config.update(config or {})
@@ -55,6 +60,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     client = redis_client if redis_client is not None else make_client(
         settings["REDIS_URL"], connect_timeout=settings["REDIS_SOCKET_TIMEOUT"],
         socket_timeout=settings["REDIS_SOCKET_TIMEOUT"])
+    _require_lua(client)
     breaker = Breaker(threshold=settings["CACHE_BREAKER_THRESHOLD"], base_delay=settings["CACHE_BREAKER_BASE_DELAY"],
                       max_delay=settings["CACHE_BREAKER_MAX_DELAY"])
     cache = ReadThroughCache(client, breaker=breaker, lease_ttl=settings["CACHE_LEASE_TTL"],
@@ -74,15 +80,18 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
         rng=random.Random(),
     )
 
-    from service import auth, flyers, health, media, openapi, operations, profiles
+    from service import auth, docs, flyers, health, media, openapi, operations, profiles
     app.config["RATELIMIT_ENABLED"] = app.config["RATE_LIMIT_ENABLED"]
     limiter = Limiter(get_remote_address, app=app,
                       storage_uri=app.config["REDIS_URL"] or "memory://", headers_enabled=True,
                       swallow_errors=True, key_prefix="pf-ratelimit")
     limiter.limit(app.config["RATE_LIMIT_AUTH"])(auth.bp)
-    for blueprint in (auth.bp, profiles.bp, flyers.bp, media.bp, health.bp, openapi.bp, operations.bp):
+    for blueprint in (auth.bp, profiles.bp, flyers.bp, media.bp, health.bp, openapi.bp, operations.bp,
+                      docs.bp):
         app.register_blueprint(blueprint)
     app.before_request(_name_endpoint)
+    # First in the list, so it runs after every other after_request hook (Flask runs them in reverse).
+    app.after_request_funcs.setdefault(None, []).insert(0, _retry_after_only_when_waiting)
     register_error_handlers(app)
 
     from service.commands import register_commands
@@ -114,3 +123,23 @@ def _name_endpoint() -> None:
     """Label the request's latency with the endpoint Flask routed it to (see service.telemetry)."""
     if request.endpoint is not None:  # None: no route matched (the label stays "unmatched")
         request.environ[ENDPOINT] = request.endpoint
+
+
+def _require_lua(client: Any) -> None:
+    """Refuse a fakeredis without Lua: every cache lookup runs a script and would fail, silently."""
+    if not type(client).__module__.startswith("fakeredis"):
+        return
+    try:
+        client.eval("return 1", 0)
+    except redis.ResponseError as error:
+        raise RuntimeError("fakeredis cannot run Lua scripts, which the cache needs: "
+                           "pip install 'fakeredis[lua]' (it adds lupa)") from error
+    except redis.RedisError:
+        pass  # a fake server that is down: the cache's breaker deals with it like a real outage
+
+
+def _retry_after_only_when_waiting(response: Response) -> Response:
+    """Keep Retry-After on 429 and 503 only; the rate limiter adds it to every answer it counts."""
+    if response.status_code not in (429, 503):
+        response.headers.pop("Retry-After", None)
+    return response

@@ -21,6 +21,55 @@ HEADERS = {
     "Cache-Control": {"description": "Caching directives", "schema": {"type": "string"}},
     "Location": {"description": "URL of the created resource", "schema": {"type": "string", "format": "uri"}},
     "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}},
+    "Allow": {"description": "The methods the path answers", "schema": {"type": "string"}},
+    "X-RateLimit-Limit": {"description": "Attempts allowed per window (sent while rate limiting is on)",
+                          "schema": {"type": "integer"}},
+    "X-RateLimit-Remaining": {"description": "Attempts left in the current window (sent while rate limiting is on)",
+                              "schema": {"type": "integer"}},
+    "X-RateLimit-Reset": {"description": "When the window resets, in seconds since the Unix epoch "
+                                         "(sent while rate limiting is on)", "schema": {"type": "integer"}},
+    "X-Metrics-Scope": {"description": "Whether the counts cover every process sharing the Redis, or this one only",
+                        "schema": {"type": "string"}},
+    "Last-Modified": {"description": "When the file was written", "schema": {"type": "string"}},
+    "Expires": {"description": "When the answer goes stale (as Cache-Control's max-age)", "schema": {"type": "string"}},
+    "Accept-Ranges": {"description": "Byte ranges may be requested", "schema": {"type": "string", "enum": ["bytes"]}},
+    "Content-Range": {"description": "The bytes this partial answer holds", "schema": {"type": "string"}},
+    "Content-Disposition": {"description": "Shown inline, with the file name", "schema": {"type": "string"}},
+}
+RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+FILE_HEADERS = ("ETag", "Cache-Control", "Last-Modified", "Expires", "Accept-Ranges", "Content-Disposition")
+TAGS = [
+    {"name": "auth", "description": "Accounts and bearer tokens (rate-limited per client address)"},
+    {"name": "profiles", "description": "Public profiles and your own"},
+    {"name": "flyers", "description": "Creators' flyers and their pages"},
+    {"name": "media", "description": "Stored pictures"},
+    {"name": "operations", "description": "Probes, metrics and cache statistics"},
+    {"name": "documentation", "description": "This document and its interactive view"},
+]
+# (path, method) -> (operationId, tag). Client generators name their functions after the operationId.
+OPERATIONS = {
+    ("/api/v1/auth/register", "post"): ("register", "auth"),
+    ("/api/v1/auth/login", "post"): ("login", "auth"),
+    ("/api/v1/users/{user_id}/profile", "get"): ("get_profile", "profiles"),
+    ("/api/v1/users/{user_id}/profile", "patch"): ("update_profile", "profiles"),
+    ("/api/v1/users/me/profile", "get"): ("get_my_profile", "profiles"),
+    ("/api/v1/users/me/profile", "patch"): ("update_my_profile", "profiles"),
+    ("/api/v1/users/me/profile/picture", "post"): ("upload_profile_picture", "profiles"),
+    ("/api/v1/users/me/profile/picture", "delete"): ("delete_profile_picture", "profiles"),
+    ("/api/v1/users/{user_id}/flyers", "get"): ("list_creator_flyers", "flyers"),
+    ("/api/v1/flyers", "post"): ("create_flyer", "flyers"),
+    ("/api/v1/flyers/{flyer_id}", "get"): ("get_flyer", "flyers"),
+    ("/api/v1/flyers/{flyer_id}", "patch"): ("update_flyer", "flyers"),
+    ("/api/v1/flyers/{flyer_id}", "delete"): ("delete_flyer", "flyers"),
+    ("/media/{key}", "get"): ("get_media", "media"),
+    ("/healthz", "get"): ("get_health", "operations"),
+    ("/readyz", "get"): ("get_readiness", "operations"),
+    ("/metrics", "get"): ("get_metrics", "operations"),
+    ("/api/v1/cache/stats", "get"): ("get_cache_stats", "operations"),
+    ("/dashboard", "get"): ("get_dashboard", "operations"),
+    ("/openapi.json", "get"): ("get_openapi_document", "documentation"),
+    ("/docs", "get"): ("get_docs", "documentation"),
+    ("/docs/assets/{name}", "get"): ("get_docs_asset", "documentation"),
 }
 ID = {"type": "integer", "minimum": 1, "maximum": 999999999999999999}
 BEARER = [{"bearerAuth": []}]
@@ -37,6 +86,8 @@ def _errors(*codes: int) -> dict[int, Any]:
                                   "content": {"application/json": {"schema": "Error"}}}
         if code in (429, 503):
             answer["headers"] = _headers("Retry-After")
+        elif code == 405:
+            answer["headers"] = _headers("Allow")
         answers[code] = answer
     return answers
 
@@ -81,11 +132,28 @@ def _flyer_form(converter: Any) -> dict[str, Any]:
                                     "encoding": {f"image_{n}": {"contentType": IMAGE_TYPES} for n in range(1, 6)}}}
 
 
+def _fallback_id(method: str, path: str) -> str:
+    """An operationId for an operation OPERATIONS does not name yet: method and path in snake case."""
+    words = [part.strip("{}").replace(".", "_").replace("-", "_") for part in path.split("/") if part]
+    return "_".join([method, *words])
+
+
+def _fallback_tag(path: str) -> str:
+    """The tag of an operation OPERATIONS does not name yet, from its path."""
+    for prefix, tag in (("/api/v1/auth", "auth"), ("/api/v1/flyers", "flyers"), ("/api/v1/users", "profiles"),
+                        ("/media", "media"), ("/docs", "documentation")):
+        if path.startswith(prefix):
+            return tag
+    return "operations"
+
+
 def build_spec() -> dict[str, Any]:
     """Return the OpenAPI 3 document of the whole API as a dict."""
     marshmallow = MarshmallowPlugin()
     spec = APISpec(title="Profile service", version="1.0.0", openapi_version="3.0.3",
-                   plugins=[marshmallow])
+                   plugins=[marshmallow], tags=TAGS,
+                   info={"description": "Profiles and creators' flyer pages for the pockitflyer app. "
+                                        "Interactive documentation: /docs."})
     spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     for name, header in HEADERS.items():
         spec.components.header(name, header)
@@ -144,10 +212,17 @@ def build_spec() -> dict[str, Any]:
         "/media/{key}": {"get": {
             "summary": "A stored picture (content-addressed, immutable)",
             "parameters": [{"name": "key", "in": "path", "required": True, "schema": {"type": "string"}},
-                           IF_NONE_MATCH],
-            "responses": {200: {"description": "The JPEG", "headers": _headers("ETag", "Cache-Control"),
+                           IF_NONE_MATCH,
+                           {"name": "Range", "in": "header", "required": False, "schema": {"type": "string"},
+                            "description": "A byte range, e.g. bytes=0-1023"}],
+            "responses": {200: {"description": "The JPEG", "headers": _headers(*FILE_HEADERS),
                                 "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
-                          304: {"description": "Not modified", "headers": _headers("ETag", "Cache-Control")},
+                          206: {"description": "The requested byte range of the JPEG",
+                                "headers": _headers(*FILE_HEADERS, "Content-Range"),
+                                "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+                          304: {"description": "Not modified", "headers": _headers(*FILE_HEADERS)},
+                          416: {"description": "The range lies outside the file",
+                                "content": {"application/json": {"schema": "Error"}}},
                           **_errors(404)}}},
         "/healthz": {"get": {"summary": "Liveness", "responses": {200: _json("Health", "Running"), **_errors()}}},
         "/readyz": {"get": {"summary": "Readiness", "responses": {
@@ -160,7 +235,7 @@ def build_spec() -> dict[str, Any]:
                            "http_request_duration_seconds{endpoint} (histogram). The format follows the "
                            "Accept header: Prometheus text 0.0.4 by default, or OpenMetrics. The "
                            "X-Metrics-Scope header says whether other processes could be counted.",
-            "responses": {200: {"description": "The metrics", "headers": _headers("Cache-Control"),
+            "responses": {200: {"description": "The metrics", "headers": _headers("Cache-Control", "X-Metrics-Scope"),
                                 "content": {"text/plain; version=0.0.4; charset=utf-8": {"schema": {"type": "string"}},
                                             "application/openmetrics-text; version=1.0.0; charset=utf-8": {
                                                 "schema": {"type": "string"}}}},
@@ -176,9 +251,30 @@ def build_spec() -> dict[str, Any]:
         "/openapi.json": {"get": {"summary": "This document", "responses": {
             200: {"description": "OpenAPI 3", "content": {"application/json": {"schema": {"type": "object"}}}},
             **_errors()}}},
+        "/docs": {"get": {"summary": "Interactive documentation of this document (Swagger UI, works offline)",
+                          "responses": {200: {"description": "The page", "headers": _headers("Cache-Control"),
+                                              "content": {"text/html; charset=utf-8": {"schema": {"type": "string"}}}},
+                                        **_errors()}}},
+        "/docs/assets/{name}": {"get": {
+            "summary": "A script, style sheet or icon of the documentation page",
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                           IF_NONE_MATCH],
+            "responses": {200: {"description": "The file", "headers": _headers("ETag", "Cache-Control"),
+                                "content": {media_type: {"schema": {"type": "string"}} for media_type in (
+                                    "text/javascript; charset=utf-8", "text/css; charset=utf-8", "image/png",
+                                    "application/json")}},
+                          304: {"description": "Not modified", "headers": _headers("ETag", "Cache-Control")},
+                          **_errors(404)}}},
     }
+    for auth_path in ("/api/v1/auth/register", "/api/v1/auth/login"):
+        for answer in paths[auth_path]["post"]["responses"].values():
+            answer["headers"] = {**answer.get("headers", {}), **_headers(*RATE_LIMIT_HEADERS)}
     spec.components.schema("FlyerUpdate", schema=schemas.FlyerFieldsSchema(partial=True))
     for path, operations in paths.items():
+        for method, operation in operations.items():
+            operation_id, tag = OPERATIONS.get((path, method), (_fallback_id(method, path), _fallback_tag(path)))
+            operation.setdefault("operationId", operation_id)
+            operation.setdefault("tags", [tag])
         spec.path(path=path, operations=operations)
     return spec.to_dict()
 
