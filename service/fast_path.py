@@ -14,12 +14,14 @@ from typing import Any, Callable, Iterable, Mapping
 from werkzeug.sansio.utils import get_host
 
 from cache import Entry, ReadThroughCache
+from models.base import MAX_ID
 from service.http import NO_CACHE, etag_matches
 from service.reads import PEEK, Lookup, flyer_lookup, page_lookup, profile_lookup
 from service.schemas import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from service.telemetry import ENDPOINT
 
-ROUTE = re.compile(r"/api/v1/(?:users/([1-9][0-9]{0,17})/(profile|flyers)|flyers/([1-9][0-9]{0,17}))/?")
+# Ids as service.IdConverter takes them: at most 10 digits here, at most MAX_ID below.
+ROUTE = re.compile(r"/api/v1/(?:users/([1-9][0-9]{0,9})/(profile|flyers)|flyers/([1-9][0-9]{0,9}))/?")
 PAGE_ARG = re.compile(r"(page|page_size)=([1-9][0-9]{0,8})")
 
 
@@ -68,13 +70,32 @@ class CachedReads:
         match = ROUTE.fullmatch(environ.get("PATH_INFO", ""))
         if match is None:
             return None
-        base = self.config["PUBLIC_BASE_URL"] or "{}://{}".format(environ["wsgi.url_scheme"], get_host(
-            environ["wsgi.url_scheme"], environ.get("HTTP_HOST"),
-            (environ.get("SERVER_NAME", ""), int(environ.get("SERVER_PORT") or 0))))
+        number = int(match[3] or match[1])
+        if number > MAX_ID:
+            return None  # Flask answers the 404; no lookup, so no lease, for an id no row can have
+        base = self.config["PUBLIC_BASE_URL"] or _base_url(environ)
         query = environ.get("QUERY_STRING", "")
         if match[3]:
-            return flyer_lookup(int(match[3]), base) if not query else None
+            return flyer_lookup(number, base) if not query else None
         if match[2] == "profile":
-            return profile_lookup(int(match[1]), base) if not query else None
+            return profile_lookup(number, base) if not query else None
         args = _page_args(query)
-        return page_lookup(int(match[1]), args[0], args[1], base) if args else None
+        return page_lookup(number, args[0], args[1], base) if args else None
+
+
+def _base_url(environ: dict[str, Any]) -> str:
+    """Return ``scheme://host`` as Flask's ``request.host_url`` gives it.
+
+    service.edge.Edge, in front of this middleware, has refused every Host werkzeug would
+    not take as it is, so werkzeug's ``get_host`` is needed only for its fallback to the
+    server's name and to drop the scheme's default port.
+    """
+    scheme = environ["wsgi.url_scheme"]
+    host = environ.get("HTTP_HOST")
+    if host is None:
+        host = get_host(scheme, None, (environ.get("SERVER_NAME", ""), int(environ.get("SERVER_PORT") or 0)))
+    elif host[-3:] == ":80" and scheme == "http":
+        host = host[:-3]
+    elif host[-4:] == ":443" and scheme == "https":
+        host = host[:-4]
+    return f"{scheme}://{host}"

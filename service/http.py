@@ -21,9 +21,12 @@ def json_body() -> dict[str, Any]:
     """Return the request's JSON object body.
 
     :raises UnsupportedMediaType: when the body is not declared as JSON.
+    :raises RequestEntityTooLarge: (413) when it is over ``JSON_MAX_BYTES``, before it is parsed:
+        at once for its Content-Length, after that many bytes for a chunked one.
     """
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Content-Type must be application/json")
+    request.max_content_length = current_app.config["JSON_MAX_BYTES"]
     try:
         body = orjson.loads(request.get_data(cache=False))
     except orjson.JSONDecodeError:

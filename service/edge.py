@@ -1,0 +1,106 @@
+"""The HTTP edge: refuse, as JSON and before anything else runs, requests the service never serves.
+
+Runs first in WSGI, before the cache's fast path, so a refused request costs no Redis round
+trip and leaves nothing in Redis (no lease, no variant, no counter): a URI over
+``REQUEST_MAX_URI_BYTES`` answers 414, a request head over ``REQUEST_MAX_HEAD_BYTES`` 431, and
+a ``Host`` that is malformed or not served 400 (RFC 9112 section 3.2 asks 400 for an invalid
+Host). The checks on an ordinary request are two length sums and one set lookup (see
+docs/SECURITY.md for the figures).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import urlsplit
+
+import orjson
+
+# What werkzeug accepts as a Host (werkzeug.sansio.utils._host_re): anything else it turns into
+# an empty host, so absolute URLs would come out as "http:///...".
+_HOST = re.compile(r"([a-z0-9.-]+|\[[a-f0-9]*:[a-f0-9.:]+\])(?::([1-9][0-9]{0,4}))?", re.ASCII | re.IGNORECASE)
+_MEMO_SIZE = 1024  # Host values already accepted, remembered so the next check is one set lookup
+
+
+def served_hosts(config: Mapping[str, Any]) -> frozenset[str]:
+    """Return the host names the service answers for (empty: any host).
+
+    ``PUBLIC_BASE_URL``'s host name plus every name of ``SERVED_HOSTS`` (env ``TRUSTED_HOSTS``),
+    lower-cased, without port and without the brackets of an IPv6 literal.
+    """
+    names = {_name_of(entry) for entry in config.get("SERVED_HOSTS") or ()}
+    if config.get("PUBLIC_BASE_URL"):
+        names.add((urlsplit(config["PUBLIC_BASE_URL"]).hostname or "").lower())
+    return frozenset(name for name in names if name)
+
+
+def host_name(host: str) -> str | None:
+    """Return the lower-cased name of a ``Host`` value (no port, no brackets), or None if it is malformed.
+
+    Malformed: what werkzeug would not accept, a port outside 1-65535, or a name IDNA refuses
+    (an empty label, a label over 63 characters), which Flask would answer 400 only after the
+    fast path had already looked the request up in the cache.
+    """
+    match = _HOST.fullmatch(host)
+    if match is None or (match[2] is not None and int(match[2]) > 65535):
+        return None
+    name = match[1].lower()
+    if name[0] == "[":
+        return name[1:-1]
+    try:
+        name.encode("idna")
+    except UnicodeError:
+        return None
+    return name
+
+
+def _name_of(entry: str) -> str:
+    entry = entry.strip().lower()
+    return (host_name(entry) or "") if entry else ""
+
+
+def error_body(message: str) -> bytes:
+    """The contract's error JSON with no details."""
+    return orjson.dumps({"error": message, "details": {}})
+
+
+class Edge:
+    """WSGI middleware: answer 414, 431 or 400 (Host) as JSON before the rest of the stack sees the request."""
+
+    def __init__(self, app: Callable, config: Mapping[str, Any]) -> None:
+        self.app = app
+        self.max_uri = config["REQUEST_MAX_URI_BYTES"]
+        self.max_head = config["REQUEST_MAX_HEAD_BYTES"]
+        self.hosts = served_hosts(config)
+        self._accepted: set[str] = set()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        if len(environ.get("PATH_INFO", "")) + len(environ.get("QUERY_STRING", "")) > self.max_uri:
+            return _refuse(start_response, "414 URI Too Long", "URI too long")
+        # Every string the server put in the environ: the header values, the request line's parts
+        # and a few address fields. Cheaper than picking out the HTTP_ keys, and as good a bound.
+        head = 0
+        for value in environ.values():
+            if value.__class__ is str:
+                head += len(value)
+        if head > self.max_head:
+            return _refuse(start_response, "431 Request Header Fields Too Large", "Request header fields too large")
+        host = environ.get("HTTP_HOST")
+        if host is None:  # HTTP/1.0 without a Host: werkzeug falls back to the server's name
+            host = environ.get("SERVER_NAME", "")
+        if host not in self._accepted and not self._accept(host):
+            return _refuse(start_response, "400 Bad Request", "Host not served")
+        return self.app(environ, start_response)
+
+    def _accept(self, host: str) -> bool:
+        name = host_name(host)
+        if name is None or (self.hosts and name not in self.hosts):
+            return False
+        if len(self._accepted) < _MEMO_SIZE:
+            self._accepted.add(host)
+        return True
+
+
+def _refuse(start_response: Callable, status: str, message: str) -> list[bytes]:
+    body = error_body(message)
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
