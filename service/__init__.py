@@ -9,7 +9,7 @@ from flask import Flask, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
-from werkzeug.routing import BaseConverter, ValidationError
+from werkzeug.routing import BaseConverter
 
 from cache import Breaker, ReadThroughCache, make_client, make_near_cache
 from models import base as models_base
@@ -17,7 +17,7 @@ from models import db
 from models.base import MAX_ID
 from service import invalidation
 from service.config import load_config
-from service.edge import Edge
+from service.edge import Edge, number_pattern
 from service.errors import register_error_handlers
 from service.extension import EXTENSION, Services
 from service.fast_path import CachedReads
@@ -30,13 +30,10 @@ MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 class IdConverter(BaseConverter):
     """A positive integer id that the id columns can hold (1 to MAX_ID); anything else is not a route (404)."""
 
-    regex = r"[1-9][0-9]{0,9}"
+    regex = number_pattern(MAX_ID)  # a larger id matches no rule: 404, never an out-of-range SQL parameter
 
     def to_python(self, value: str) -> int:
-        number = int(value)
-        if number > MAX_ID:
-            raise ValidationError()  # no rule matches: 404, never an out-of-range SQL parameter
-        return number
+        return int(value)
 
     def to_url(self, value: Any) -> str:
         return str(value)

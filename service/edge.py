@@ -21,6 +21,23 @@ _HOST = re.compile(r"([a-z0-9.-]+|\[[a-f0-9]*:[a-f0-9.:]+\])(?::([1-9][0-9]{0,4}
 _MEMO_SIZE = 1024  # Host values already accepted, remembered so the next check is one set lookup
 
 
+def number_pattern(limit: int) -> str:
+    """Return a regex matching the decimal numbers 1 to ``limit`` (no sign, no leading zero).
+
+    Routing needs the range in the pattern itself: werkzeug answers 405, not 404, when a
+    converter refuses a value that another method's rule for the same path would take.
+    """
+    digits = str(limit)
+    shorter = [f"[1-9][0-9]{{0,{len(digits) - 2}}}"] if len(digits) > 1 else []
+    same_length = []
+    for position, digit in enumerate(digits):
+        lowest = 1 if position == 0 else 0
+        if int(digit) > lowest:
+            rest = len(digits) - position - 1
+            same_length.append(f"{digits[:position]}[{lowest}-{int(digit) - 1}]" + (f"[0-9]{{{rest}}}" if rest else ""))
+    return "(?:" + "|".join([*shorter, *same_length, digits]) + ")"
+
+
 def served_hosts(config: Mapping[str, Any]) -> frozenset[str]:
     """Return the host names the service answers for (empty: any host).
 
@@ -55,6 +72,8 @@ def host_name(host: str) -> str | None:
 
 def _name_of(entry: str) -> str:
     entry = entry.strip().lower()
+    if entry.count(":") > 1 and not entry.startswith("["):
+        entry = f"[{entry}]"  # an IPv6 address written without brackets
     return (host_name(entry) or "") if entry else ""
 
 

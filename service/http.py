@@ -5,6 +5,7 @@ from typing import Any
 
 import orjson
 from flask import Response, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from cache import Entry
 from service.errors import BadRequest, NotFound, UnsupportedMediaType
@@ -26,9 +27,15 @@ def json_body() -> dict[str, Any]:
     """
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Content-Type must be application/json")
-    request.max_content_length = current_app.config["JSON_MAX_BYTES"]
+    limit = current_app.config["JSON_MAX_BYTES"]
+    # Werkzeug refuses a longer Content-Length at once, and cuts a chunked body (no length) after
+    # limit + 1 bytes: that byte more tells it was too long, and no more is ever read.
+    request.max_content_length = limit + 1
+    data = request.get_data(cache=False)
+    if len(data) > limit:
+        raise RequestEntityTooLarge()
     try:
-        body = orjson.loads(request.get_data(cache=False))
+        body = orjson.loads(data)
     except orjson.JSONDecodeError:
         raise BadRequest("Malformed JSON body") from None
     if not isinstance(body, dict):
