@@ -1,12 +1,12 @@
 """Gunicorn settings of the profile service; gunicorn loads this file by itself when run from here.
 
-Limits: gunicorn refuses a request line over 8190 bytes (the most it allows short of no limit
-at all, which lets one request line grow without bound in memory), more than 100 header fields,
-or a header field over 128 KiB, so at most ~13 MB of head is buffered per request. Everything
-within those reaches the application, whose own limits (service/edge.py: 4 KiB URI, 32 KiB of
-head) answer 414 and 431 as JSON. What gunicorn itself refuses (a 1 MB URI, a 200 KB header,
-a malformed request line) it answers with an HTML page; `write_json_error` below replaces that
-page with the contract's JSON. See docs/SECURITY.md.
+Limits: a request line of at most 8190 bytes (the most gunicorn allows short of no limit at
+all, which lets one request line grow without bound in memory), at most 100 header fields of
+at most 8190 bytes each, so at most ~820 KB of head is buffered per request. The application
+answers a URI over 4 KiB itself (service/edge.py: 414 JSON). What gunicorn refuses (a header
+field over 8190 bytes, 101 fields, a longer request line, a malformed request) it answers with
+an HTML page;
+`write_json_error` below replaces that page with the contract's JSON. See docs/SECURITY.md.
 """
 import json
 
@@ -14,7 +14,7 @@ import gunicorn.util
 
 limit_request_line = 8190
 limit_request_fields = 100
-limit_request_field_size = 128 * 1024
+limit_request_field_size = 8190
 
 
 def write_json_error(sock, status_int, reason, mesg):

@@ -46,10 +46,12 @@ def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/3")
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--public-base-url", default="", help="PUBLIC_BASE_URL (then only its host is served)")
     args = parser.parse_args()
     workdir = tempfile.mkdtemp()
     os.environ.update(DATABASE_URL=f"sqlite:///{workdir}/bench.db", REDIS_URL=args.redis,
-                      RATE_LIMIT_ENABLED="false", MEDIA_ROOT=workdir, PASSWORD_HASH_METHOD="pbkdf2:sha256:1000")
+                      RATE_LIMIT_ENABLED="false", MEDIA_ROOT=workdir, PASSWORD_HASH_METHOD="pbkdf2:sha256:1000",
+                      PUBLIC_BASE_URL=args.public_base_url)
 
     import redis
 

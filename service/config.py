@@ -28,7 +28,6 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # Host names served besides PUBLIC_BASE_URL's (env TRUSTED_HOSTS); neither set: any host.
         "SERVED_HOSTS": [name.strip() for name in env.get("TRUSTED_HOSTS", "").split(",") if name.strip()],
         "REQUEST_MAX_URI_BYTES": int(env.get("REQUEST_MAX_URI_BYTES", "4096")),
-        "REQUEST_MAX_HEAD_BYTES": int(env.get("REQUEST_MAX_HEAD_BYTES", str(32 * 1024))),
         "JSON_MAX_BYTES": int(env.get("JSON_MAX_BYTES", str(64 * 1024))),
         "MAX_CONTENT_LENGTH": int(env.get("UPLOAD_MAX_REQUEST_BYTES", str(27 * 1024 * 1024))),
         "PICTURE_MAX_BYTES": int(env.get("PICTURE_MAX_BYTES", str(5 * 1024 * 1024))),

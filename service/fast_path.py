@@ -15,15 +15,14 @@ from werkzeug.sansio.utils import get_host
 
 from cache import Entry, ReadThroughCache
 from models.base import MAX_ID
-from service.edge import number_pattern
 from service.http import NO_CACHE, etag_matches
 from service.reads import PEEK, Lookup, flyer_lookup, page_lookup, profile_lookup
 from service.schemas import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from service.telemetry import ENDPOINT
 
-# Ids as service.IdConverter takes them: 1 to MAX_ID; others go on to Flask, which answers 404.
-_ID = number_pattern(MAX_ID)
-ROUTE = re.compile(rf"/api/v1/(?:users/({_ID})/(profile|flyers)|flyers/({_ID}))/?")
+# Ids as service.IdConverter takes them: 1 to MAX_ID (checked below: cheaper than its exact
+# pattern); others go on to Flask, which answers 404.
+ROUTE = re.compile(r"/api/v1/(?:users/([1-9][0-9]{0,9})/(profile|flyers)|flyers/([1-9][0-9]{0,9}))/?")
 PAGE_ARG = re.compile(r"(page|page_size)=([1-9][0-9]{0,8})")
 
 
@@ -73,6 +72,8 @@ class CachedReads:
         if match is None:
             return None
         number = int(match[3] or match[1])
+        if number > MAX_ID:
+            return None  # no lookup, so no lease, for an id no row can have
         base = self.config["PUBLIC_BASE_URL"] or _base_url(environ)
         query = environ.get("QUERY_STRING", "")
         if match[3]:

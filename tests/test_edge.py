@@ -262,7 +262,7 @@ def test_registering_a_wellformed_email_is_201(client, email):
     assert response.status_code == 201, response.json
 
 
-# -- URIs and headers (in process; tests/test_edge_gunicorn.py runs them through gunicorn) --
+# -- URIs (in process; tests/test_edge_gunicorn.py runs them and headers through gunicorn) --
 
 def _redis_state(redis_client):
     return {key: (redis_client.hgetall(key) if redis_client.type(key) == b"hash" else redis_client.type(key))
@@ -287,25 +287,6 @@ def test_a_uri_just_under_4_kib_is_served(client, register):
     response = client.get(f"/api/v1/users/{user_id}/profile/" + "?x=" + "a" * 4000)
 
     assert response.status_code == 200
-
-
-@pytest.mark.parametrize("headers", [{"X-Big": "a" * 40_000}, {f"X-H{n}": "a" * 500 for n in range(80)},
-                                     {"Accept-Language": "c" * 100_000}])
-def test_headers_over_32_kib_are_431_json_and_touch_no_cache(client, register, redis_client, headers):
-    user_id, _ = register("alice")
-    client.get(f"/api/v1/users/{user_id}/profile")
-    before = _redis_state(redis_client)
-
-    response = client.get(f"/api/v1/users/{user_id}/profile", headers=headers)
-
-    _assert_json_error(response, 431)
-    assert _redis_state(redis_client) == before
-
-
-def test_headers_of_20_kib_are_served(client, register):
-    user_id, _ = register("alice")
-
-    assert client.get(f"/api/v1/users/{user_id}/profile", headers={"X-Big": "a" * 20_000}).status_code == 200
 
 
 # -- no 5xx, no HTML, no log flood ------------------------------------------------
@@ -342,3 +323,16 @@ def test_hostile_input_answers_4xx_json_with_at_most_one_log_line(client, regist
     assert 400 <= response.status_code < 500, response.data[:200]
     assert response.mimetype == "application/json"
     assert len(caplog.records) <= 1, [record.getMessage()[:200] for record in caplog.records]
+
+
+# -- the document ------------------------------------------------------------------
+
+def test_openapi_lists_the_edges_answers_on_every_operation(client):
+    paths = client.get("/openapi.json").json["paths"]
+
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            assert {"400", "414", "431"} <= set(operation["responses"]), (method, path)
+            if "requestBody" in operation:
+                assert "413" in operation["responses"], (method, path)
+    assert paths["/api/v1/flyers/{flyer_id}"]["get"]["parameters"][0]["schema"]["maximum"] == MAX_ID
