@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Iterable, Mapping
 
-from werkzeug.sansio.utils import get_host
+from werkzeug.sansio.utils import get_current_url, get_host
 
 from cache import Entry, ReadThroughCache
 from models.base import MAX_ID
@@ -46,6 +46,7 @@ class CachedReads:
         self.app = app
         self.cache = cache
         self.config = config
+        self._bases: dict[tuple[str, str], str] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         lookup = self._lookup(environ) if environ["REQUEST_METHOD"] == "GET" else None
@@ -74,7 +75,7 @@ class CachedReads:
         number = int(match[3] or match[1])
         if number > MAX_ID:
             return None  # no lookup, so no lease, for an id no row can have
-        base = self.config["PUBLIC_BASE_URL"] or _base_url(environ)
+        base = self.config["PUBLIC_BASE_URL"] or self._base_url(environ)
         query = environ.get("QUERY_STRING", "")
         if match[3]:
             return flyer_lookup(number, base) if not query else None
@@ -84,19 +85,30 @@ class CachedReads:
         return page_lookup(number, args[0], args[1], base) if args else None
 
 
-def _base_url(environ: dict[str, Any]) -> str:
-    """Return ``scheme://host`` as Flask's ``request.host_url`` gives it.
+    def _base_url(self, environ: dict[str, Any]) -> str:
+        """Return ``scheme://host`` exactly as Flask's ``request.host_url`` (less its slash) gives it.
 
-    service.edge.Edge, in front of this middleware, has refused every Host werkzeug would
-    not take as it is, so werkzeug's ``get_host`` is needed only for its fallback to the
-    server's name and to drop the scheme's default port.
-    """
+        Werkzeug lower-cases the host and decodes IDNA (``uri_to_iri``), which costs
+        microseconds; so the answer is remembered per scheme and ``Host`` value, for at most
+        _MAX_BASES of them. service.edge.Edge, in front of this middleware, lets through only
+        Host values werkzeug takes as they are (and, when configured, only served ones).
+        """
+        host = environ.get("HTTP_HOST")
+        if host is None:  # HTTP/1.0: werkzeug falls back to the server's name
+            return _werkzeug_base_url(environ)
+        key = (environ["wsgi.url_scheme"], host)
+        base = self._bases.get(key)
+        if base is None:
+            base = _werkzeug_base_url(environ)
+            if len(self._bases) < _MAX_BASES:
+                self._bases[key] = base
+        return base
+
+
+_MAX_BASES = 1024
+
+
+def _werkzeug_base_url(environ: dict[str, Any]) -> str:
     scheme = environ["wsgi.url_scheme"]
-    host = environ.get("HTTP_HOST")
-    if host is None:
-        host = get_host(scheme, None, (environ.get("SERVER_NAME", ""), int(environ.get("SERVER_PORT") or 0)))
-    elif host[-3:] == ":80" and scheme == "http":
-        host = host[:-3]
-    elif host[-4:] == ":443" and scheme == "https":
-        host = host[:-4]
-    return f"{scheme}://{host}"
+    return get_current_url(scheme, get_host(scheme, environ.get("HTTP_HOST"), (
+        environ.get("SERVER_NAME", ""), int(environ.get("SERVER_PORT") or 0))))[:-1]  # less "/"

@@ -100,14 +100,20 @@ def test_a_malformed_host_is_400_and_leaves_nothing_in_redis_even_when_any_host_
     assert _redis_state(redis_client) == before
 
 
-@pytest.mark.parametrize("host", ["anything.example", "localhost:5000", "127.0.0.1", "[::1]:8000", "a-b.c-d.example",
-                                  f"{'x' * 63}.example", "example.com."])
-def test_any_wellformed_host_is_served_when_none_is_configured(client, seeded, host):
-    response = client.get(READS[0], headers={"Host": host})
-    again = client.get(READS[0], headers={"Host": host})  # the fast path's answer
+@pytest.mark.parametrize("host, base", [("anything.example", "anything.example"), ("localhost:5000", "localhost:5000"),
+                                        ("127.0.0.1", "127.0.0.1"), ("[::1]:8000", "[::1]:8000"), ("[::1]:80", "[::1]"),
+                                        ("a-b.c-d.example", "a-b.c-d.example"), ("x" * 63 + ".example", "x" * 63 + ".example"),
+                                        ("example.com.", "example.com."), ("Example.COM:80", "example.com"),
+                                        ("xn--exmple-cua.example", "exämple.example")])
+def test_any_wellformed_host_is_served_when_none_is_configured(client, seeded, redis_client, host, base):
+    response = client.get(READS[1], headers={"Host": host})
+    again = client.get(READS[1], headers={"Host": host})  # the fast path's answer
 
     assert response.status_code == 200
     assert again.data == response.data
+    assert response.json["results"][0]["images"][0]["url"].startswith(f"http://{base}/media/")
+    assert not [field for key in redis_client.keys() if redis_client.type(key) == b"hash"
+                for field in redis_client.hkeys(key) if field.startswith(b"lease|")]  # both paths: one variant
 
 
 def test_urls_carry_the_requests_host_on_both_paths(client, seeded):
