@@ -1,7 +1,9 @@
 """Gunicorn hooks for benchmark runs only: export per-worker counters (see bench/counters.py).
 
-Loaded with ``-c python:bench.gunicorn_conf``; it changes no server setting (workers, bind
-and worker class come from the command line). Without BENCH_COUNTERS_DIR it does nothing.
+Loaded with ``-c python:bench.gunicorn_conf``; besides the service's own settings from
+../gunicorn.conf.py (request limits, JSON error pages), which ``-c`` keeps gunicorn from
+loading, it changes no server setting (workers, bind and worker class come from the command
+line). Without BENCH_COUNTERS_DIR it does nothing.
 Cost inside a worker: one Python call per SQL statement and per pool checkout, and a
 thread that copies the service's cache counters every 20 ms, so the service's hits run no
 extra code; in the flask-caching baseline one Python call per cache get.
@@ -10,11 +12,18 @@ from __future__ import annotations
 
 import mmap
 import os
+import runpy
 import struct
 import threading
 import time
+from pathlib import Path
 
 from bench.counters import INDEX, RESULTS, SIZE
+
+_SERVICE = runpy.run_path(str(Path(__file__).resolve().parent.parent / "gunicorn.conf.py"))
+limit_request_line = _SERVICE["limit_request_line"]
+limit_request_fields = _SERVICE["limit_request_fields"]
+limit_request_field_size = _SERVICE["limit_request_field_size"]
 
 
 def post_worker_init(worker) -> None:

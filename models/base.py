@@ -23,6 +23,9 @@ class Base(DeclarativeBase):
 
 db = SQLAlchemy(model_class=Base)
 
+MAX_ID = 2**31 - 1
+"""The largest id the primary keys hold: they are INTEGER (32-bit) columns on PostgreSQL."""
+
 
 def utcnow() -> datetime:
     """Return the current UTC time as a naive datetime (how every timestamp is stored)."""

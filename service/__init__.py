@@ -15,8 +15,10 @@ from werkzeug.routing import BaseConverter
 from cache import Breaker, ReadThroughCache, make_client, make_near_cache
 from models import base as models_base
 from models import db
+from models.base import MAX_ID
 from service import invalidation
 from service.config import load_config
+from service.edge import Edge, number_pattern
 from service.errors import register_error_handlers
 from service.extension import EXTENSION, Services
 from service.fast_path import CachedReads
@@ -28,9 +30,9 @@ MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 
 class IdConverter(BaseConverter):
-    """A positive integer id that fits a 64-bit column; anything else is not a route (404)."""
+    """A positive integer id that the id columns can hold (1 to MAX_ID); anything else is not a route (404)."""
 
-    regex = r"[1-9][0-9]{0,17}"
+    regex = number_pattern(MAX_ID)  # a larger id matches no rule: 404, never an out-of-range SQL parameter
 
     def to_python(self, value: str) -> int:
         return int(value)
@@ -82,9 +84,10 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
 
     from service import auth, docs, flyers, health, media, openapi, operations, profiles
     app.config["RATELIMIT_ENABLED"] = app.config["RATE_LIMIT_ENABLED"]
-    limiter = Limiter(get_remote_address, app=app,
-                      storage_uri=app.config["REDIS_URL"] or "memory://", headers_enabled=True,
-                      swallow_errors=True, key_prefix="pf-ratelimit")
+    storage_uri, storage_options = _limiter_storage(client)
+    limiter = Limiter(get_remote_address, app=app, storage_uri=storage_uri, storage_options=storage_options,
+                      headers_enabled=True, swallow_errors=True, in_memory_fallback_enabled=True,
+                      key_prefix="pf-ratelimit")
     limiter.limit(app.config["RATE_LIMIT_AUTH"])(auth.bp)
     for blueprint in (auth.bp, profiles.bp, flyers.bp, media.bp, health.bp, openapi.bp, operations.bp,
                       docs.bp):
@@ -98,7 +101,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     register_commands(app)
     if app.config["CACHE_FAST_PATH"]:
         app.wsgi_app = CachedReads(app.wsgi_app, cache, app.config)
-    app.wsgi_app = Timed(app.wsgi_app, telemetry)
+    app.wsgi_app = Edge(Timed(app.wsgi_app, telemetry), app.config)
     return app
 
 
@@ -117,6 +120,21 @@ def _outbox(app: Flask, cache: ReadThroughCache) -> Outbox:
         cache.suspended = True
         cache.on_suspended = outbox.start
     return outbox
+
+
+def _limiter_storage(client: Any) -> tuple[str, dict[str, Any]]:
+    """Keep the rate limits in the cache's Redis, through its client's pool.
+
+    So the limiter waits on Redis no longer than the cache does (the pool's socket timeouts,
+    no retries), and a client passed to `create_app` (fakeredis in tests) is the one used,
+    never a Redis named by the environment. While Redis fails the limiter counts in this
+    process's memory (``in_memory_fallback_enabled``). A client without one pool (a
+    cluster) leaves the limits in memory.
+    """
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        return "memory://", {}
+    return "redis://", {"connection_pool": pool}
 
 
 def _name_endpoint() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 
 import jwt
 from flask import Blueprint, Response, current_app, request
@@ -10,14 +11,24 @@ from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from models import User, db
+from models.base import MAX_ID
 from service.errors import Conflict, Forbidden, Unauthorized
 from service.http import json_body, json_response
 from service.schemas import LoginSchema, RegisterSchema
 
 bp = Blueprint("auth", __name__, url_prefix="/api/v1/auth")
 
-# Compared against when the email is unknown, so a login takes as long either way.
-_UNKNOWN_USER_HASH = generate_password_hash("not-a-real-password", method="pbkdf2:sha256:1000")
+
+@lru_cache(maxsize=4)
+def unknown_user_hash(method: str) -> str:
+    """A hash made with ``method``, checked when the email is unknown, so a login takes as long either way."""
+    return generate_password_hash("not-a-real-password", method=method)
+
+
+@bp.record_once
+def _make_unknown_user_hash(state) -> None:
+    # Made when the app is built, so not even a process's first unknown login takes longer.
+    unknown_user_hash(state.app.config["PASSWORD_HASH_METHOD"])
 
 
 def issue_token(user_id: int) -> str:
@@ -43,8 +54,8 @@ def caller_id() -> int:
     except jwt.InvalidTokenError:
         raise Unauthorized("Invalid token") from None
     user_id = claims["user_id"]
-    if not isinstance(user_id, int) or isinstance(user_id, bool) or user_id < 1:
-        raise Unauthorized("Invalid token")
+    if not isinstance(user_id, int) or isinstance(user_id, bool) or not 1 <= user_id <= MAX_ID:
+        raise Unauthorized("Invalid token")  # signed by us or not, never an out-of-range SQL parameter
     return user_id
 
 
@@ -87,7 +98,8 @@ def register() -> Response:
 def login() -> Response:
     data = LoginSchema().load(json_body())
     user = db.session.scalars(select(User).where(User.email == func.lower(data["email"]))).first()
-    password_hash = user.password_hash if user else _UNKNOWN_USER_HASH
+    # Same method and cost as a real hash (unless the user's was made under an older setting).
+    password_hash = user.password_hash if user else unknown_user_hash(current_app.config["PASSWORD_HASH_METHOD"])
     if not check_password_hash(password_hash, data["password"]) or user is None:
         raise Unauthorized("Invalid email or password")
     return json_response({"user_id": user.id, "token": issue_token(user.id)})

@@ -25,6 +25,10 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "PASSWORD_HASH_METHOD": env.get("PASSWORD_HASH_METHOD", "scrypt"),
         "MEDIA_ROOT": env.get("MEDIA_ROOT", os.path.abspath("media")),
         "PUBLIC_BASE_URL": (env.get("PUBLIC_BASE_URL") or "").rstrip("/") or None,
+        # Host names served besides PUBLIC_BASE_URL's (env TRUSTED_HOSTS); neither set: any host.
+        "SERVED_HOSTS": [name.strip() for name in env.get("TRUSTED_HOSTS", "").split(",") if name.strip()],
+        "REQUEST_MAX_URI_BYTES": int(env.get("REQUEST_MAX_URI_BYTES", "4096")),
+        "JSON_MAX_BYTES": int(env.get("JSON_MAX_BYTES", str(64 * 1024))),
         "MAX_CONTENT_LENGTH": int(env.get("UPLOAD_MAX_REQUEST_BYTES", str(27 * 1024 * 1024))),
         "PICTURE_MAX_BYTES": int(env.get("PICTURE_MAX_BYTES", str(5 * 1024 * 1024))),
         "RATE_LIMIT_ENABLED": _bool(env.get("RATE_LIMIT_ENABLED", "true")),

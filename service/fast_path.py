@@ -11,15 +11,18 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Iterable, Mapping
 
-from werkzeug.sansio.utils import get_host
+from werkzeug.sansio.utils import get_current_url, get_host
 
 from cache import Entry, ReadThroughCache
+from models.base import MAX_ID
 from service.http import NO_CACHE, etag_matches
 from service.reads import PEEK, Lookup, flyer_lookup, page_lookup, profile_lookup
 from service.schemas import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from service.telemetry import ENDPOINT
 
-ROUTE = re.compile(r"/api/v1/(?:users/([1-9][0-9]{0,17})/(profile|flyers)|flyers/([1-9][0-9]{0,17}))/?")
+# Ids as service.IdConverter takes them: 1 to MAX_ID (checked below: cheaper than its exact
+# pattern); others go on to Flask, which answers 404.
+ROUTE = re.compile(r"/api/v1/(?:users/([1-9][0-9]{0,9})/(profile|flyers)|flyers/([1-9][0-9]{0,9}))/?")
 PAGE_ARG = re.compile(r"(page|page_size)=([1-9][0-9]{0,8})")
 
 
@@ -43,6 +46,7 @@ class CachedReads:
         self.app = app
         self.cache = cache
         self.config = config
+        self._bases: dict[tuple[str, str], str] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         lookup = self._lookup(environ) if environ["REQUEST_METHOD"] == "GET" else None
@@ -68,13 +72,43 @@ class CachedReads:
         match = ROUTE.fullmatch(environ.get("PATH_INFO", ""))
         if match is None:
             return None
-        base = self.config["PUBLIC_BASE_URL"] or "{}://{}".format(environ["wsgi.url_scheme"], get_host(
-            environ["wsgi.url_scheme"], environ.get("HTTP_HOST"),
-            (environ.get("SERVER_NAME", ""), int(environ.get("SERVER_PORT") or 0))))
+        number = int(match[3] or match[1])
+        if number > MAX_ID:
+            return None  # no lookup, so no lease, for an id no row can have
+        base = self.config["PUBLIC_BASE_URL"] or self._base_url(environ)
         query = environ.get("QUERY_STRING", "")
         if match[3]:
-            return flyer_lookup(int(match[3]), base) if not query else None
+            return flyer_lookup(number, base) if not query else None
         if match[2] == "profile":
-            return profile_lookup(int(match[1]), base) if not query else None
+            return profile_lookup(number, base) if not query else None
         args = _page_args(query)
-        return page_lookup(int(match[1]), args[0], args[1], base) if args else None
+        return page_lookup(number, args[0], args[1], base) if args else None
+
+
+    def _base_url(self, environ: dict[str, Any]) -> str:
+        """Return ``scheme://host`` exactly as Flask's ``request.host_url`` (less its slash) gives it.
+
+        Werkzeug lower-cases the host and decodes IDNA (``uri_to_iri``), which costs
+        microseconds; so the answer is remembered per scheme and ``Host`` value, for at most
+        _MAX_BASES of them. service.edge.Edge, in front of this middleware, lets through only
+        Host values werkzeug takes as they are (and, when configured, only served ones).
+        """
+        host = environ.get("HTTP_HOST")
+        if host is None:  # HTTP/1.0: werkzeug falls back to the server's name
+            return _werkzeug_base_url(environ)
+        key = (environ["wsgi.url_scheme"], host)
+        base = self._bases.get(key)
+        if base is None:
+            base = _werkzeug_base_url(environ)
+            if len(self._bases) < _MAX_BASES:
+                self._bases[key] = base
+        return base
+
+
+_MAX_BASES = 1024
+
+
+def _werkzeug_base_url(environ: dict[str, Any]) -> str:
+    scheme = environ["wsgi.url_scheme"]
+    return get_current_url(scheme, get_host(scheme, environ.get("HTTP_HOST"), (
+        environ.get("SERVER_NAME", ""), int(environ.get("SERVER_PORT") or 0))))[:-1]  # less "/"

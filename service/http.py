@@ -5,6 +5,7 @@ from typing import Any
 
 import orjson
 from flask import Response, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from cache import Entry
 from service.errors import BadRequest, NotFound, UnsupportedMediaType
@@ -21,11 +22,20 @@ def json_body() -> dict[str, Any]:
     """Return the request's JSON object body.
 
     :raises UnsupportedMediaType: when the body is not declared as JSON.
+    :raises RequestEntityTooLarge: (413) when it is over ``JSON_MAX_BYTES``, before it is parsed:
+        at once for its Content-Length, after that many bytes for a chunked one.
     """
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Content-Type must be application/json")
+    limit = current_app.config["JSON_MAX_BYTES"]
+    # Werkzeug refuses a longer Content-Length at once, and cuts a chunked body (no length) after
+    # limit + 1 bytes: that byte more tells it was too long, and no more is ever read.
+    request.max_content_length = limit + 1
+    data = request.get_data(cache=False)
+    if len(data) > limit:
+        raise RequestEntityTooLarge()
     try:
-        body = orjson.loads(request.get_data(cache=False))
+        body = orjson.loads(data)
     except orjson.JSONDecodeError:
         raise BadRequest("Malformed JSON body") from None
     if not isinstance(body, dict):

@@ -7,12 +7,15 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, current_app
 
+from models.base import MAX_ID
 from service import schemas
 from service.http import json_response
 
 bp = Blueprint("openapi", __name__)
 
-ERROR = {413: "Request body too large", 415: "Unsupported media type", 400: "Invalid input",
+ERROR = {413: "Request body too large", 415: "Unsupported media type",
+         400: "Invalid input, or a Host the service does not serve (or a malformed one)",
+         414: "URI too long (over 4 KiB)", 431: "Request header fields too large",
          401: "Missing, invalid or expired token", 403: "Not the owner", 404: "Not found",
          405: "Method not allowed", 409: "Already exists", 429: "Too many attempts",
          503: "Database unavailable", 500: "Internal error"}
@@ -71,7 +74,8 @@ OPERATIONS = {
     ("/docs", "get"): ("get_docs", "documentation"),
     ("/docs/assets/{name}", "get"): ("get_docs_asset", "documentation"),
 }
-ID = {"type": "integer", "minimum": 1, "maximum": 999999999999999999}
+ID = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+EDGE = (400, 414, 431)  # what service.edge answers before any route, for every operation
 BEARER = [{"bearerAuth": []}]
 
 
@@ -81,7 +85,7 @@ def _headers(*names: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[int, Any]:
     answers = {}
-    for code in (*codes, 405, 500):
+    for code in dict.fromkeys((*codes, *EDGE, 405, 500)):
         answer: dict[str, Any] = {"description": ERROR[code],
                                   "content": {"application/json": {"schema": "Error"}}}
         if code in (429, 503):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from flask import current_app
@@ -12,10 +12,9 @@ from models import Flyer, FlyerImage, User, db
 from service.errors import APIError, BadRequest, Forbidden, NotFound
 from service.extension import services
 from service.pictures import PictureError, process_flyer_image, process_profile_picture
+from service.schemas import DEFAULT_VALIDITY
 
 log = logging.getLogger(__name__)
-
-DEFAULT_VALIDITY = timedelta(days=30)
 
 
 def _user_for_update(user_id: int) -> User:
