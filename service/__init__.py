@@ -16,7 +16,7 @@ from models import base as models_base
 from models import db
 from service import invalidation
 from service.config import load_config
-from service.errors import register_error_handlers
+from service.errors import JSONErrors, register_error_handlers
 from service.extension import EXTENSION, Services
 from service.fast_path import CachedReads
 from service.storage import LocalStorage
@@ -86,6 +86,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     if app.config["CACHE_FAST_PATH"]:
         app.wsgi_app = CachedReads(app.wsgi_app, cache, app.config)
     app.wsgi_app = Timed(app.wsgi_app, telemetry)
+    app.wsgi_app = JSONErrors(app.wsgi_app, settings["DB_RETRY_AFTER_SECONDS"])  # outermost: always JSON
     return app
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from models import User, db
+from service.commits import commit_write
 from service.errors import Conflict, Forbidden, Unauthorized
 from service.http import json_body, json_response
 from service.schemas import LoginSchema, RegisterSchema
@@ -75,7 +76,7 @@ def register() -> Response:
                                                      method=current_app.config["PASSWORD_HASH_METHOD"]))
     db.session.add(user)
     try:
-        db.session.commit()
+        commit_write()
     except IntegrityError:
         # Lost a race with a concurrent registration of the same email or username.
         db.session.rollback()

@@ -8,10 +8,13 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import delete, select
 
-from models import Flyer, FlyerImage, User, db
+from models import Flyer, FlyerImage, User, db, queries
+from service.commits import OutcomeUnknown, commit_write, safe_rollback
 from service.errors import APIError, BadRequest, Forbidden, NotFound
 from service.extension import services
+from service.idempotency import Answer, Claim, store_answer
 from service.pictures import PictureError, process_flyer_image, process_profile_picture
+from service.representations import flyer_json, profile_json
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ def _delete_files(keys: list[str | None], *, owner: int | None = None) -> None:
         except Exception:
             log.warning("could not check which files user %s uses; keeping %s", owner, sorted(doomed),
                         exc_info=True)
-            db.session.rollback()
+            safe_rollback()
             return
         doomed -= set(row or ())
     storage = services().storage
@@ -59,7 +62,7 @@ def _delete_files(keys: list[str | None], *, owner: int | None = None) -> None:
         except OSError:
             log.warning("could not delete media file %s", key, exc_info=True)
     if locked:
-        db.session.rollback()  # ends the read-only transaction, releasing the row lock once the files are gone
+        safe_rollback()  # ends the read-only transaction, releasing the row lock once the files are gone
 
 
 def update_profile(user_id: int, changes: dict[str, Any]) -> None:
@@ -67,11 +70,11 @@ def update_profile(user_id: int, changes: dict[str, Any]) -> None:
     user = _user_for_update(user_id)
     for name, value in changes.items():
         setattr(user, name, value)
-    db.session.commit()
+    commit_write()
 
 
-def set_profile_picture(user_id: int, data: bytes) -> None:
-    """Process, store and point the profile at a new picture; the old files go after the commit."""
+def set_profile_picture(user_id: int, data: bytes, base_url: str, claim: Claim | None = None) -> Answer:
+    """Process, store and point the profile at a new picture; return the profile; the old files go after the commit."""
     picture = _process(process_profile_picture, data, "image")
     storage = services().storage
     folder = f"avatars/{user_id}"
@@ -84,13 +87,15 @@ def set_profile_picture(user_id: int, data: bytes) -> None:
         new_keys.append(storage.put(folder, picture.full.data))
         new_keys.append(storage.put(folder, picture.thumbnail.data, "_128"))
         user.picture_key, user.thumbnail_key = new_keys
-        db.session.commit()
+        answer: list[Answer] = []
+        commit_write(lambda: answer.append(_store(claim, _profile_answer(user_id, base_url))))
     except BaseException:
-        db.session.rollback()
-        # A commit can land and still raise (a lost connection): the row, read again, says which files to keep.
+        safe_rollback()
+        # If the outcome is unknown the row, read again, says which files to keep (or the read fails: all stay).
         _delete_files([*old_keys, *new_keys], owner=user_id)
         raise
     _delete_files([key for key in old_keys if key not in new_keys], owner=user_id)
+    return answer[0]
 
 
 def delete_profile_picture(user_id: int) -> None:
@@ -99,16 +104,17 @@ def delete_profile_picture(user_id: int) -> None:
     old_keys = [user.picture_key, user.thumbnail_key]
     user.picture_key = user.thumbnail_key = None
     try:
-        db.session.commit()
+        commit_write()
     except BaseException:
-        db.session.rollback()
+        safe_rollback()
         _delete_files(old_keys, owner=user_id)
         raise
     _delete_files(old_keys, owner=user_id)
 
 
-def create_flyer(creator_id: int, fields: dict[str, Any], images: list[bytes], now: datetime) -> int:
-    """Create a flyer with its processed images and return its id."""
+def create_flyer(creator_id: int, fields: dict[str, Any], images: list[bytes], now: datetime,
+                 base_url: str, claim: Claim | None = None) -> Answer:
+    """Create a flyer with its processed images; return the 201 answer (stored with the claim, if any)."""
     if not images:
         raise BadRequest("Invalid input", {"image_1": ["At least one image is required."]})
     processed = [_process(process_flyer_image, data, f"image_{number}")
@@ -130,12 +136,36 @@ def create_flyer(creator_id: int, fields: dict[str, Any], images: list[bytes], n
         for order, picture in enumerate(processed):
             keys.append(storage.put(f"flyers/{flyer.id}", picture.data))
             db.session.add(FlyerImage(flyer_id=flyer.id, order=order, storage_key=keys[-1]))
-        db.session.commit()
+        answer: list[Answer] = []
+        commit_write(lambda: answer.append(_store(claim, _flyer_answer(flyer.id, base_url, now))))
+    except OutcomeUnknown:
+        raise  # the flyer may be in the database: its files stay (an orphan beats a dangling URL)
     except BaseException:
-        db.session.rollback()
+        safe_rollback()
         _delete_files(list(keys))
         raise
-    return flyer.id
+    return answer[0]
+
+
+def _store(claim: Claim | None, answer: Answer) -> Answer:
+    store_answer(claim, answer)
+    return answer
+
+
+def _profile_answer(user_id: int, base_url: str) -> Answer:
+    """The profile as this transaction leaves it (read through the session, never the cache)."""
+    creator = queries.get_creator(user_id, services().clock())
+    if creator is None:
+        raise NotFound("User not found")
+    user, stats = creator
+    return Answer(200, profile_json(user, stats.valid_flyers, base_url))
+
+
+def _flyer_answer(flyer_id: int, base_url: str, now: datetime) -> Answer:
+    flyer = queries.get_flyer(flyer_id)
+    if flyer is None:
+        raise NotFound("Flyer not found")
+    return Answer(201, flyer_json(flyer, base_url, now), {"Location": f"{base_url}/api/v1/flyers/{flyer_id}"})
 
 
 def _owned_flyer(flyer_id: int, caller: int) -> Flyer:
@@ -156,7 +186,7 @@ def update_flyer(flyer_id: int, caller: int, changes: dict[str, Any]) -> None:
         raise BadRequest("Invalid input", {"valid_until": ["valid_until must be after valid_from."]})
     for name, value in changes.items():
         setattr(flyer, name, value)
-    db.session.commit()
+    commit_write()
 
 
 def delete_flyer(flyer_id: int, caller: int) -> None:
@@ -165,5 +195,5 @@ def delete_flyer(flyer_id: int, caller: int) -> None:
     keys = list(db.session.scalars(select(FlyerImage.storage_key).where(FlyerImage.flyer_id == flyer_id)))
     db.session.execute(delete(FlyerImage).where(FlyerImage.flyer_id == flyer_id))
     db.session.delete(flyer)
-    db.session.commit()
+    commit_write()
     _delete_files(keys)

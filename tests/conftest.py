@@ -91,7 +91,7 @@ def app(app_config: dict[str, Any], redis_client: Any) -> Iterator[Any]:
     with app.app_context():
         if db.engine.dialect.name == "postgresql":
             db.create_all()
-            db.session.execute(text("TRUNCATE flyer_images, flyers, users RESTART IDENTITY CASCADE"))
+            db.session.execute(text("TRUNCATE flyer_images, flyers, users, idempotency_keys RESTART IDENTITY CASCADE"))
             db.session.commit()
         else:
             db.create_all()

@@ -1,0 +1,199 @@
+"""``Idempotency-Key`` on authenticated POSTs: the same key answers what its first request answered.
+
+A key is claimed in a transaction of its own before the work starts (a row ``in progress`` with a
+lease and a fencing token); the write's own transaction stores the answer in that row (see
+``store_answer``), so a stored answer exists exactly when the write does. A repeat finds the row:
+stored answer -> replayed; different request -> 422; still running -> 409; in progress past its
+lease (the worker died) -> the repeat takes the key over, and the token keeps the old attempt, should
+it still be alive, from committing. A failed attempt releases its key so the retry runs it again.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable
+
+import orjson
+from flask import Response, current_app, request
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from cache.entries import make_etag
+from models import IdempotencyRecord, db
+from service.commits import safe_rollback
+from service.errors import APIError, BadRequest, Conflict
+from service.extension import services
+
+log = logging.getLogger(__name__)
+
+HEADER = "Idempotency-Key"
+REPLAYED = "Idempotent-Replayed"
+KEY = re.compile(r"[\x21-\x7e]{1,255}")  # 1-255 visible ASCII characters
+STORED_HEADERS = ("Location", "ETag", "Cache-Control")
+CLAIM_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A write's answer, built inside its transaction so it can be stored with it."""
+
+    status: int
+    data: object
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def body(self) -> bytes:
+        return orjson.dumps(self.data)
+
+    def response(self) -> Response:
+        body = self.body()
+        headers = {"ETag": f'"{make_etag(body)}"', "Cache-Control": "no-cache", **self.headers}
+        return Response(body, status=self.status, headers=headers, mimetype="application/json")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """This request's hold on a key: the row and the token that fences it."""
+
+    record_id: int
+    token: str
+
+
+class KeyReused(APIError):
+    status = 422
+
+
+def idempotent(user_id: int, work: Callable[[Claim | None], Answer]) -> Response:
+    """Run ``work`` once per ``Idempotency-Key`` of ``user_id``; a repeat gets the stored answer."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return work(None).response()
+    if not KEY.fullmatch(key):
+        raise BadRequest("Invalid Idempotency-Key", {HEADER: ["Must be 1-255 visible ASCII characters."]})
+    outcome = _claim(user_id, key, request_fingerprint())
+    if isinstance(outcome, Response):
+        return outcome
+    try:
+        answer = work(outcome)
+    except BaseException:
+        safe_rollback()  # the session may hold locks (SQLite: the whole file) the release needs
+        release(outcome)
+        raise
+    return answer.response()
+
+
+def store_answer(claim: Claim | None, answer: Answer) -> None:
+    """Record ``answer`` in the claimed row, inside the write's transaction (no-op without a claim).
+
+    :raises Conflict: when a repeat took the key over after this attempt's lease ran out.
+    """
+    if claim is None:
+        return
+    response = answer.response()
+    headers = {name: response.headers[name] for name in STORED_HEADERS if name in response.headers}
+    result = db.session.execute(
+        update(IdempotencyRecord)
+        .where(IdempotencyRecord.id == claim.record_id, IdempotencyRecord.token == claim.token,
+               IdempotencyRecord.response_status.is_(None))
+        .values(response_status=answer.status, response_body=response.get_data(),
+                response_headers=orjson.dumps(headers).decode(), locked_until=None))
+    if result.rowcount != 1:
+        raise Conflict("A repeat of this request took its Idempotency-Key over; it was not made twice")
+
+
+def release(claim: Claim) -> None:
+    """Free a key whose attempt failed, so a retry runs it again (best effort: the lease ends it anyway)."""
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(delete(IdempotencyRecord).where(
+                IdempotencyRecord.id == claim.record_id, IdempotencyRecord.token == claim.token,
+                IdempotencyRecord.response_status.is_(None)))
+    except SQLAlchemyError:
+        log.warning("could not release Idempotency-Key record %s; its lease will", claim.record_id)
+
+
+def request_fingerprint() -> str:
+    """Hash the method, the path and the request's content (form fields and file bytes, or the raw body)."""
+    digest = hashlib.sha256(f"{request.method} {request.path.rstrip('/')}\n".encode())
+    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        for name, value in sorted(request.form.items(multi=True)):
+            digest.update(orjson.dumps(["field", name, value]))
+        for name, upload in sorted(request.files.items(multi=True), key=lambda item: item[0]):
+            content = hashlib.sha256()
+            upload.stream.seek(0)
+            for chunk in iter(lambda: upload.stream.read(1 << 16), b""):
+                content.update(chunk)
+            upload.stream.seek(0)
+            digest.update(orjson.dumps(["file", name, content.hexdigest()]))
+    else:
+        digest.update(hashlib.sha256(request.get_data()).digest())
+    return digest.hexdigest()
+
+
+def purge_expired(now: datetime, batch: int = 1000) -> int:
+    """Delete up to ``batch`` expired keys and markers; return how many went."""
+    with db.engine.begin() as conn:
+        doomed = select(IdempotencyRecord.id).where(IdempotencyRecord.expires_at <= now).limit(batch)
+        return conn.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id.in_(doomed))).rowcount
+
+
+def maybe_purge() -> None:
+    """Purge expired keys at most once per ``IDEMPOTENCY_PURGE_INTERVAL`` per process; never raise."""
+    state = current_app.extensions.setdefault("idempotency", {"next_purge": 0.0})
+    if time.monotonic() < state["next_purge"]:
+        return
+    state["next_purge"] = time.monotonic() + current_app.config["IDEMPOTENCY_PURGE_INTERVAL"]
+    try:
+        purge_expired(services().clock())
+    except SQLAlchemyError:
+        log.warning("could not purge expired Idempotency-Keys", exc_info=True)
+
+
+def _claim(user_id: int, key: str, fingerprint: str) -> Claim | Response:
+    maybe_purge()
+    for _ in range(CLAIM_ATTEMPTS):
+        try:
+            with db.engine.begin() as conn:
+                return _claim_in(conn, user_id, key, fingerprint)
+        except IntegrityError:
+            continue  # a concurrent request inserted the same key first: look again
+    raise Conflict("A request with this Idempotency-Key is in progress", headers={"Retry-After": "1"})
+
+
+def _claim_in(conn, user_id: int, key: str, fingerprint: str) -> Claim | Response:
+    config = current_app.config
+    now = services().clock()
+    token = secrets.token_hex(16)
+    fresh = {"fingerprint": fingerprint, "token": token, "created_at": now,
+             "locked_until": now + timedelta(seconds=config["IDEMPOTENCY_LEASE_SECONDS"]),
+             "expires_at": now + timedelta(seconds=config["IDEMPOTENCY_TTL_SECONDS"]),
+             "response_status": None, "response_body": None, "response_headers": None}
+    # FOR UPDATE waits while the first attempt's write transaction (which updates the row) commits.
+    row = conn.execute(select(IdempotencyRecord.__table__).where(
+        IdempotencyRecord.user_id == user_id, IdempotencyRecord.key == key).with_for_update()).first()
+    if row is None:
+        record_id = conn.execute(insert(IdempotencyRecord).values(user_id=user_id, key=key, **fresh)
+                                 .returning(IdempotencyRecord.id)).scalar_one()
+        return Claim(record_id, token)
+    record = row
+    if record.expires_at > now:
+        if record.fingerprint != fingerprint:
+            raise KeyReused("This Idempotency-Key was used with a different request")
+        if record.response_status is not None:
+            return _replay(record)
+        if record.locked_until is not None and record.locked_until > now:
+            raise Conflict("A request with this Idempotency-Key is in progress", headers={"Retry-After": "1"})
+        log.warning("Idempotency-Key record %s: lease ran out, a repeat takes it over", record.id)
+    conn.execute(update(IdempotencyRecord).where(IdempotencyRecord.id == record.id).values(**fresh))
+    return Claim(record.id, token)
+
+
+def _replay(record) -> Response:
+    headers = orjson.loads(record.response_headers or "{}")
+    headers[REPLAYED] = "true"
+    return Response(record.response_body, status=record.response_status, headers=headers,
+                    mimetype="application/json")
