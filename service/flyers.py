@@ -3,15 +3,13 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request
 
-from models import queries
 from service import writes
 from service.auth import caller_id
-from service.errors import BadRequest, NotFound
+from service.errors import BadRequest
 from service.extension import services
-from service.http import base_url, cached_answer, json_body, json_response, require_multipart
+from service.http import base_url, cached_answer, json_body, require_multipart
 from service.idempotency import Answer, Claim, idempotent
 from service.reads import PEEK, read_creator_page, read_flyer
-from service.representations import flyer_json
 from service.schemas import FlyerFieldsSchema, PageArgsSchema
 
 bp = Blueprint("flyers", __name__, url_prefix="/api/v1")
@@ -53,22 +51,10 @@ def _create_flyer(creator: int, claim: Claim | None) -> Answer:
 def update_flyer(flyer_id: int) -> Response:
     caller = caller_id()
     changes = FlyerFieldsSchema(partial=True).load(json_body())
-    writes.update_flyer(flyer_id, caller, changes)
-    return _written_flyer(flyer_id)
+    return writes.update_flyer(flyer_id, caller, changes, base_url()).response()
 
 
 @bp.delete("/flyers/<id:flyer_id>")
 def delete_flyer(flyer_id: int) -> Response:
     writes.delete_flyer(flyer_id, caller_id())
     return Response(status=204)
-
-
-def _written_flyer(flyer_id: int) -> Response:
-    """Answer a flyer just written, valid now or not (its window may start later or have passed)."""
-    entry = read_flyer(flyer_id, base_url())
-    if entry.body is not None:
-        return cached_answer(entry, "Flyer not found")
-    flyer = queries.get_flyer(flyer_id)
-    if flyer is None:
-        raise NotFound("Flyer not found")
-    return json_response(flyer_json(flyer, base_url(), services().clock()))

@@ -42,8 +42,7 @@ def patch_profile(user_id: int) -> Response:
 
 def _patch(user_id: int) -> Response:
     changes = ProfileUpdateSchema().load(json_body())
-    writes.update_profile(user_id, changes)
-    return _fresh_profile(user_id)
+    return writes.update_profile(user_id, changes, base_url()).response()
 
 
 @bp.post("/me/profile/picture")
@@ -68,6 +67,4 @@ def _upload_picture(user_id: int, claim: Claim | None) -> Answer:
 
 @bp.delete("/me/profile/picture")
 def delete_picture() -> Response:
-    user_id = caller_id()
-    writes.delete_profile_picture(user_id)
-    return _fresh_profile(user_id)
+    return writes.delete_profile_picture(caller_id(), base_url()).response()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Callable
 
 from flask import current_app
 from sqlalchemy import delete, select
@@ -65,12 +65,16 @@ def _delete_files(keys: list[str | None], *, owner: int | None = None) -> None:
         safe_rollback()  # ends the read-only transaction, releasing the row lock once the files are gone
 
 
-def update_profile(user_id: int, changes: dict[str, Any]) -> None:
-    """Apply ``changes`` (display_name, bio) to the user's profile."""
+def update_profile(user_id: int, changes: dict[str, Any], base_url: str) -> Answer:
+    """Apply ``changes`` (display_name, bio) to the user's profile; return the profile.
+
+    Every answer of a write is built inside its transaction: once COMMIT has returned nothing
+    can fail any more, so a write that committed never answers an error.
+    """
     user = _user_for_update(user_id)
     for name, value in changes.items():
         setattr(user, name, value)
-    commit_write()
+    return _commit_with(lambda: _profile_answer(user_id, base_url))
 
 
 def set_profile_picture(user_id: int, data: bytes, base_url: str, claim: Claim | None = None) -> Answer:
@@ -87,29 +91,29 @@ def set_profile_picture(user_id: int, data: bytes, base_url: str, claim: Claim |
         new_keys.append(storage.put(folder, picture.full.data))
         new_keys.append(storage.put(folder, picture.thumbnail.data, "_128"))
         user.picture_key, user.thumbnail_key = new_keys
-        answer: list[Answer] = []
-        commit_write(lambda: answer.append(_store(claim, _profile_answer(user_id, base_url))))
+        answer = _commit_with(lambda: _profile_answer(user_id, base_url), claim)
     except BaseException:
         safe_rollback()
         # If the outcome is unknown the row, read again, says which files to keep (or the read fails: all stay).
         _delete_files([*old_keys, *new_keys], owner=user_id)
         raise
     _delete_files([key for key in old_keys if key not in new_keys], owner=user_id)
-    return answer[0]
+    return answer
 
 
-def delete_profile_picture(user_id: int) -> None:
-    """Remove the profile picture; its files are deleted after the commit."""
+def delete_profile_picture(user_id: int, base_url: str) -> Answer:
+    """Remove the profile picture and return the profile; its files are deleted after the commit."""
     user = _user_for_update(user_id)
     old_keys = [user.picture_key, user.thumbnail_key]
     user.picture_key = user.thumbnail_key = None
     try:
-        commit_write()
+        answer = _commit_with(lambda: _profile_answer(user_id, base_url))
     except BaseException:
         safe_rollback()
         _delete_files(old_keys, owner=user_id)
         raise
     _delete_files(old_keys, owner=user_id)
+    return answer
 
 
 def create_flyer(creator_id: int, fields: dict[str, Any], images: list[bytes], now: datetime,
@@ -136,20 +140,26 @@ def create_flyer(creator_id: int, fields: dict[str, Any], images: list[bytes], n
         for order, picture in enumerate(processed):
             keys.append(storage.put(f"flyers/{flyer.id}", picture.data))
             db.session.add(FlyerImage(flyer_id=flyer.id, order=order, storage_key=keys[-1]))
-        answer: list[Answer] = []
-        commit_write(lambda: answer.append(_store(claim, _flyer_answer(flyer.id, base_url, now))))
+        answer = _commit_with(lambda: _flyer_answer(flyer.id, base_url, now, 201), claim)
     except OutcomeUnknown:
         raise  # the flyer may be in the database: its files stay (an orphan beats a dangling URL)
     except BaseException:
         safe_rollback()
         _delete_files(list(keys))
         raise
-    return answer[0]
-
-
-def _store(claim: Claim | None, answer: Answer) -> Answer:
-    store_answer(claim, answer)
     return answer
+
+
+def _commit_with(build: Callable[[], Answer], claim: Claim | None = None) -> Answer:
+    """Commit the session's write with its answer (stored with the claim, if any); return the answer."""
+    answers: list[Answer] = []
+
+    def answer_inside_the_transaction() -> None:
+        answers.append(build())
+        store_answer(claim, answers[0])
+
+    commit_write(answer_inside_the_transaction)
+    return answers[0]
 
 
 def _profile_answer(user_id: int, base_url: str) -> Answer:
@@ -161,11 +171,13 @@ def _profile_answer(user_id: int, base_url: str) -> Answer:
     return Answer(200, profile_json(user, stats.valid_flyers, base_url))
 
 
-def _flyer_answer(flyer_id: int, base_url: str, now: datetime) -> Answer:
+def _flyer_answer(flyer_id: int, base_url: str, now: datetime, status: int = 200) -> Answer:
+    """The flyer as this transaction leaves it, valid now or not (its window may start later or have passed)."""
     flyer = queries.get_flyer(flyer_id)
     if flyer is None:
         raise NotFound("Flyer not found")
-    return Answer(201, flyer_json(flyer, base_url, now), {"Location": f"{base_url}/api/v1/flyers/{flyer_id}"})
+    headers = {"Location": f"{base_url}/api/v1/flyers/{flyer_id}"} if status == 201 else {}
+    return Answer(status, flyer_json(flyer, base_url, now), headers)
 
 
 def _owned_flyer(flyer_id: int, caller: int) -> Flyer:
@@ -177,8 +189,8 @@ def _owned_flyer(flyer_id: int, caller: int) -> Flyer:
     return flyer
 
 
-def update_flyer(flyer_id: int, caller: int, changes: dict[str, Any]) -> None:
-    """Apply ``changes`` to the caller's flyer."""
+def update_flyer(flyer_id: int, caller: int, changes: dict[str, Any], base_url: str) -> Answer:
+    """Apply ``changes`` to the caller's flyer; return the flyer."""
     flyer = _owned_flyer(flyer_id, caller)
     valid_from = changes.get("valid_from", flyer.valid_from)
     valid_until = changes.get("valid_until", flyer.valid_until)
@@ -186,7 +198,7 @@ def update_flyer(flyer_id: int, caller: int, changes: dict[str, Any]) -> None:
         raise BadRequest("Invalid input", {"valid_until": ["valid_until must be after valid_from."]})
     for name, value in changes.items():
         setattr(flyer, name, value)
-    commit_write()
+    return _commit_with(lambda: _flyer_answer(flyer_id, base_url, services().clock()))
 
 
 def delete_flyer(flyer_id: int, caller: int) -> None:
