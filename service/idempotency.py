@@ -25,8 +25,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from cache.entries import make_etag
 from models import IdempotencyRecord, db
-from service.commits import safe_rollback
-from service.errors import APIError, BadRequest, Conflict
+from service.commits import OutcomeUnknown, safe_rollback
+from service.errors import APIError, BadRequest, Conflict, database_unavailable
 from service.extension import services
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,9 @@ def idempotent(user_id: int, work: Callable[[Claim | None], Answer]) -> Response
         return outcome
     try:
         answer = work(outcome)
-    except BaseException:
+    except BaseException as error:
         safe_rollback()  # the session may hold locks (SQLite: the whole file) the release needs
-        release(outcome)
+        release(outcome, patient=database_unavailable(error) and not isinstance(error, OutcomeUnknown))
         raise
     return answer.response()
 
@@ -105,15 +105,28 @@ def store_answer(claim: Claim | None, answer: Answer) -> None:
         raise Conflict("A repeat of this request took its Idempotency-Key over; it was not made twice")
 
 
-def release(claim: Claim) -> None:
-    """Free a key whose attempt failed, so a retry runs it again (best effort: the lease ends it anyway)."""
-    try:
-        with db.engine.begin() as conn:
-            conn.execute(delete(IdempotencyRecord).where(
-                IdempotencyRecord.id == claim.record_id, IdempotencyRecord.token == claim.token,
-                IdempotencyRecord.response_status.is_(None)))
-    except SQLAlchemyError:
-        log.warning("could not release Idempotency-Key record %s; its lease will", claim.record_id)
+def release(claim: Claim, *, patient: bool = False) -> None:
+    """Free a key whose attempt failed, so a retry runs it again at once.
+
+    Best effort: the lease frees it anyway. ``patient`` (the database is briefly away) retries for up
+    to ``WRITE_VERIFY_SECONDS``, so a client retrying after the outage is not told 409 for a lease.
+    Only a row still in progress under this attempt's token is deleted: never a stored answer.
+    """
+    deadline = time.monotonic() + (current_app.config["WRITE_VERIFY_SECONDS"] if patient else 0)
+    delay = 0.05
+    while True:
+        try:
+            with db.engine.begin() as conn:
+                conn.execute(delete(IdempotencyRecord).where(
+                    IdempotencyRecord.id == claim.record_id, IdempotencyRecord.token == claim.token,
+                    IdempotencyRecord.response_status.is_(None)))
+            return
+        except SQLAlchemyError:
+            if time.monotonic() + delay > deadline:
+                log.warning("could not release Idempotency-Key record %s; its lease will", claim.record_id)
+                return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 def request_fingerprint() -> str:

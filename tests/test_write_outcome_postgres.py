@@ -42,6 +42,13 @@ CREATE TABLE bio_history (user_id integer, bio text);
 CREATE FUNCTION record_bio() RETURNS trigger LANGUAGE plpgsql AS
   $$ BEGIN INSERT INTO bio_history VALUES (NEW.id, NEW.bio); RETURN NEW; END $$;
 CREATE TRIGGER users_bio AFTER UPDATE OF bio ON users FOR EACH ROW EXECUTE FUNCTION record_bio();
+-- Deferred triggers run inside COMMIT: a slow one widens the window in which a stop hits a COMMIT.
+CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN PERFORM pg_sleep(0.03); RETURN NULL; END $$;
+CREATE CONSTRAINT TRIGGER users_slow_commit AFTER UPDATE ON users DEFERRABLE INITIALLY DEFERRED
+  FOR EACH ROW EXECUTE FUNCTION slow_commit();
+CREATE CONSTRAINT TRIGGER flyers_slow_commit AFTER INSERT ON flyers DEFERRABLE INITIALLY DEFERRED
+  FOR EACH ROW EXECUTE FUNCTION slow_commit();
 """
 
 
