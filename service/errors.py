@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any, Callable, Iterable
 
 from flask import Flask, Response, current_app
@@ -174,18 +173,43 @@ class JSONErrors:
         self.retry_after = retry_after
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        # The application's start_response is held until it returns: an exception raised after it
+        # (Flask tears the request down after building the answer) can then still replace the answer.
+        held: list[Any] = []
+        writer: list[Callable[[bytes], Any]] = []
+
+        def forward() -> None:
+            if held and not writer:
+                writer.append(start_response(*held))
+
+        def hold(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], Any]:
+            if writer:  # already forwarded: the server decides (it re-raises once headers are sent)
+                return start_response(status, headers, exc_info)
+            held[:] = [status, headers, exc_info] if exc_info else [status, headers]
+
+            def write(data: bytes) -> Any:  # the legacy write() callable forwards the headers first
+                forward()
+                return writer[0](data)
+            return write
+
         try:
-            return self.app(environ, start_response)
+            result = self.app(environ, hold)
         except Exception as error:
-            if database_unavailable(error):
-                log.warning("database unavailable outside a request handler: %s", error)
-                status, message = "503 Service Unavailable", DATABASE_DOWN
-                headers = [("Retry-After", str(self.retry_after))]
-            else:
-                log.exception("error outside a request handler")
-                status, message, headers = "500 Internal Server Error", "Internal server error", []
-            body = orjson.dumps({"error": message, "details": {}})
-            headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-            # exc_info lets the server replace headers not yet sent (it re-raises if they were).
-            start_response(status, headers, sys.exc_info())
-            return [body]
+            if writer:
+                raise  # the answer has started to go out: nothing can replace it
+            return self._error(error, start_response)
+        forward()
+        return result
+
+    def _error(self, error: Exception, start_response: Callable[..., Any]) -> list[bytes]:
+        if database_unavailable(error):
+            log.warning("database unavailable outside a request handler: %s", error)
+            status, message = "503 Service Unavailable", DATABASE_DOWN
+            headers = [("Retry-After", str(self.retry_after))]
+        else:
+            log.exception("error outside a request handler")
+            status, message, headers = "500 Internal Server Error", "Internal server error", []
+        body = orjson.dumps({"error": message, "details": {}})
+        headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        start_response(status, headers)
+        return [body]
