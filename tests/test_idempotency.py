@@ -246,3 +246,11 @@ def test_the_purge_command_reports_how_many_keys_it_deleted(app, client, registe
 
     assert result.exit_code == 0
     assert "deleted 3" in result.output  # the key and the two commit markers (registration, flyer)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/flyers", PICTURE])
+def test_the_openapi_document_lists_the_key_and_its_409_and_422_answers(client, path):
+    operation = client.get("/openapi.json").json["paths"][path]["post"]
+
+    assert "Idempotency-Key" in [parameter["name"] for parameter in operation["parameters"]]
+    assert {"409", "422"} <= set(operation["responses"])
