@@ -57,10 +57,16 @@ class Answer:
 
 @dataclass(frozen=True)
 class Claim:
-    """This request's hold on a key: the row and the token that fences it."""
+    """This request's hold on a key: the row (user and key) and the token that fences it."""
 
-    record_id: int
+    user_id: int
+    key: str
     token: str
+
+    def row(self):
+        """The SQL condition for this attempt's row while it is still in progress."""
+        return ((IdempotencyRecord.user_id == self.user_id) & (IdempotencyRecord.key == self.key)
+                & (IdempotencyRecord.token == self.token) & IdempotencyRecord.response_status.is_(None))
 
 
 class KeyReused(APIError):
@@ -74,7 +80,13 @@ def idempotent(user_id: int, work: Callable[[Claim | None], Answer]) -> Response
         return work(None).response()
     if not KEY.fullmatch(key):
         raise BadRequest("Invalid Idempotency-Key", {HEADER: ["Must be 1-255 visible ASCII characters."]})
-    outcome = _claim(user_id, key, request_fingerprint())
+    claim = Claim(user_id, key, secrets.token_hex(16))
+    try:
+        outcome = _claim(claim, request_fingerprint())
+    except Exception as error:
+        if database_unavailable(error):
+            release(claim, patient=True)  # the claim may have committed before its answer was lost
+        raise
     if isinstance(outcome, Response):
         return outcome
     try:
@@ -96,10 +108,7 @@ def store_answer(claim: Claim | None, answer: Answer) -> None:
     response = answer.response()
     headers = {name: response.headers[name] for name in STORED_HEADERS if name in response.headers}
     result = db.session.execute(
-        update(IdempotencyRecord)
-        .where(IdempotencyRecord.id == claim.record_id, IdempotencyRecord.token == claim.token,
-               IdempotencyRecord.response_status.is_(None))
-        .values(response_status=answer.status, response_body=response.get_data(),
+        update(IdempotencyRecord).where(claim.row()).values(response_status=answer.status, response_body=response.get_data(),
                 response_headers=orjson.dumps(headers).decode(), locked_until=None))
     if result.rowcount != 1:
         raise Conflict("A repeat of this request took its Idempotency-Key over; it was not made twice")
@@ -117,13 +126,11 @@ def release(claim: Claim, *, patient: bool = False) -> None:
     while True:
         try:
             with db.engine.begin() as conn:
-                conn.execute(delete(IdempotencyRecord).where(
-                    IdempotencyRecord.id == claim.record_id, IdempotencyRecord.token == claim.token,
-                    IdempotencyRecord.response_status.is_(None)))
+                conn.execute(delete(IdempotencyRecord).where(claim.row()))
             return
         except SQLAlchemyError:
             if time.monotonic() + delay > deadline:
-                log.warning("could not release Idempotency-Key record %s; its lease will", claim.record_id)
+                log.warning("could not release an Idempotency-Key of user %s; its lease will", claim.user_id)
                 return
         time.sleep(delay)
         delay = min(delay * 2, 0.5)
@@ -166,33 +173,42 @@ def maybe_purge() -> None:
         log.warning("could not purge expired Idempotency-Keys", exc_info=True)
 
 
-def _claim(user_id: int, key: str, fingerprint: str) -> Claim | Response:
+def _claim(claim: Claim, fingerprint: str) -> Claim | Response:
     maybe_purge()
-    for _ in range(CLAIM_ATTEMPTS):
+    deadline = time.monotonic() + current_app.config["WRITE_VERIFY_SECONDS"]
+    conflicts, delay = 0, 0.05
+    while True:
         try:
             with db.engine.begin() as conn:
-                return _claim_in(conn, user_id, key, fingerprint)
+                return _claim_in(conn, claim, fingerprint)
         except IntegrityError:
-            continue  # a concurrent request inserted the same key first: look again
-    raise Conflict("A request with this Idempotency-Key is in progress", headers={"Retry-After": "1"})
+            conflicts += 1  # a concurrent request inserted the same key first: look again
+            if conflicts == CLAIM_ATTEMPTS:
+                raise Conflict("A request with this Idempotency-Key is in progress",
+                               headers={"Retry-After": "1"}) from None
+        except SQLAlchemyError as error:
+            # Also when the COMMIT's answer was lost: the next look finds the row under our own token.
+            if not database_unavailable(error) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
 
-def _claim_in(conn, user_id: int, key: str, fingerprint: str) -> Claim | Response:
+def _claim_in(conn, claim: Claim, fingerprint: str) -> Claim | Response:
     config = current_app.config
     now = services().clock()
-    token = secrets.token_hex(16)
-    fresh = {"fingerprint": fingerprint, "token": token, "created_at": now,
+    fresh = {"fingerprint": fingerprint, "token": claim.token, "created_at": now,
              "locked_until": now + timedelta(seconds=config["IDEMPOTENCY_LEASE_SECONDS"]),
              "expires_at": now + timedelta(seconds=config["IDEMPOTENCY_TTL_SECONDS"]),
              "response_status": None, "response_body": None, "response_headers": None}
     # FOR UPDATE waits while the first attempt's write transaction (which updates the row) commits.
-    row = conn.execute(select(IdempotencyRecord.__table__).where(
-        IdempotencyRecord.user_id == user_id, IdempotencyRecord.key == key).with_for_update()).first()
-    if row is None:
-        record_id = conn.execute(insert(IdempotencyRecord).values(user_id=user_id, key=key, **fresh)
-                                 .returning(IdempotencyRecord.id)).scalar_one()
-        return Claim(record_id, token)
-    record = row
+    record = conn.execute(select(IdempotencyRecord.__table__).where(
+        IdempotencyRecord.user_id == claim.user_id, IdempotencyRecord.key == claim.key).with_for_update()).first()
+    if record is None:
+        conn.execute(insert(IdempotencyRecord).values(user_id=claim.user_id, key=claim.key, **fresh))
+        return claim
+    if record.token == claim.token and record.response_status is None:
+        return claim  # our own claim, committed by an attempt whose answer was lost
     if record.expires_at > now:
         if record.fingerprint != fingerprint:
             raise KeyReused("This Idempotency-Key was used with a different request")
@@ -202,7 +218,7 @@ def _claim_in(conn, user_id: int, key: str, fingerprint: str) -> Claim | Respons
             raise Conflict("A request with this Idempotency-Key is in progress", headers={"Retry-After": "1"})
         log.warning("Idempotency-Key record %s: lease ran out, a repeat takes it over", record.id)
     conn.execute(update(IdempotencyRecord).where(IdempotencyRecord.id == record.id).values(**fresh))
-    return Claim(record.id, token)
+    return claim
 
 
 def _replay(record) -> Response:

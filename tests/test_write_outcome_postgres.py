@@ -13,8 +13,10 @@ import glob
 import http.client
 import io
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,9 +34,11 @@ from PIL import Image
 pytestmark = pytest.mark.tdd_green
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_PORT, APP_PORT = 7450, 7460
+PG_PORT, PROXY_PORT, APP_PORT = 7450, 7451, 7460
 DB_NAME = "writes_fault"
 DSN = f"postgresql://postgres@127.0.0.1:{PG_PORT}/{DB_NAME}"
+APP_DSN = f"postgresql://postgres@127.0.0.1:{PROXY_PORT}/{DB_NAME}"  # gunicorn reaches PostgreSQL through the proxy
+COMMIT = b"COMMIT\x00"  # the simple-query message psycopg sends for commit()
 OUTAGES, OUTAGE_SECONDS, BETWEEN_SECONDS = 3, 1.0, 2.0
 HTTP_TIMEOUT = 45  # above WRITE_VERIFY_SECONDS and gunicorn's timeout
 HISTORY_SQL = """
@@ -150,8 +154,86 @@ def cluster():
         cluster.remove()
 
 
+class CommitCutter:
+    """A TCP proxy to PostgreSQL that, when armed, forwards a COMMIT and then loses its answer.
+
+    Toxiproxy's reset_peer, aimed at the worst moment: the server commits, the client's connection
+    dies before the answer arrives, and only asking the database again can tell what happened.
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", PROXY_PORT))
+        self.probability = 0.0
+        self.cuts = 0
+        self.rng = random.Random(10)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection(("127.0.0.1", PG_PORT), timeout=5)
+            except OSError:
+                client.close()  # PostgreSQL is down: the client sees the refusal as a closed connection
+                continue
+            upstream.settimeout(None)
+            link = {"client": client, "upstream": upstream, "muted": False}
+            threading.Thread(target=self._up, args=(link,), daemon=True).start()
+            threading.Thread(target=self._down, args=(link,), daemon=True).start()
+
+    def _up(self, link: dict) -> None:
+        try:
+            while data := link["client"].recv(65536):
+                cut = COMMIT in data and self.rng.random() < self.probability
+                link["muted"] = link["muted"] or cut  # before forwarding: no answer may slip through
+                link["upstream"].sendall(data)
+                if cut:
+                    self.cuts += 1
+                    _hang_up(link["client"])      # the client's COMMIT fails ...
+                    time.sleep(0.3)               # ... while the server commits it
+                    break
+        except OSError:
+            pass
+        self._close(link)
+
+    def _down(self, link: dict) -> None:
+        try:
+            while (data := link["upstream"].recv(65536)) and not link["muted"]:
+                link["client"].sendall(data)
+        except OSError:
+            pass
+        self._close(link)
+
+    @staticmethod
+    def _close(link: dict) -> None:
+        _hang_up(link["client"])
+        _hang_up(link["upstream"])
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _hang_up(end: socket.socket) -> None:
+    """Close a socket so the peer sees it at once (shutdown also wakes the other pump's recv)."""
+    try:
+        end.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    end.close()
+
+
 @pytest.fixture(scope="module")
-def server(cluster, tmp_path_factory):
+def proxy():
+    cutter = CommitCutter()
+    yield cutter
+    cutter.close()
+
+
+@pytest.fixture(scope="module")
+def server(cluster, proxy, tmp_path_factory):
     """gunicorn, two workers, on the cluster; the schema comes from ``flask db upgrade``."""
     env = {**os.environ, "DATABASE_URL": DSN, "RATE_LIMIT_ENABLED": "false", "SECRET_KEY": "x" * 40,
            "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000", "FLASK_APP": "wsgi",
@@ -160,6 +242,7 @@ def server(cluster, tmp_path_factory):
     venv = Path(sys.executable).parent
     subprocess.run([str(venv / "flask"), "db", "upgrade"], cwd=ROOT, env=env, check=True, timeout=120,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env["DATABASE_URL"] = APP_DSN
     with psycopg.connect(DSN, autocommit=True) as conn:
         conn.execute(HISTORY_SQL)
     log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
@@ -343,3 +426,23 @@ def test_answered_posts_repeated_with_their_keys_replay_the_first_answer(storm):
     first = {op.value: op.body for op in storm.history if op.value in storm.replayed}
 
     assert {key: answer[2] for key, answer in storm.replayed.items()} == first
+
+
+def test_writes_whose_commit_answer_was_lost_answer_success_and_are_committed_once(cluster, server, proxy):
+    log_before = server.read_text().count("the write is in the database")
+    cuts_before = proxy.cuts
+    proxy.probability = 0.3
+
+    def cut_for_a_while() -> None:
+        time.sleep(4.0)
+        proxy.probability = 0.0
+
+    history = run_writers("cut", cut_for_a_while)
+    bios, titles = committed()
+    landed = server.read_text().count("the write is in the database") - log_before
+    print(f"\nwrites: {len(history)}, COMMIT answers cut: {proxy.cuts - cuts_before}, "
+          f"found committed and answered 2xx: {landed}, statuses: {sorted({str(op.status) for op in history})}")
+
+    assert find_violations(history, bios, titles) == []
+    assert landed > 0
+    assert [(op.kind, op.status, op.body) for op in history if op.status not in (200, 201)] == []  # every cut COMMIT had landed
