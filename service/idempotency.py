@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,8 +27,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from cache.entries import make_etag
 from models import IdempotencyRecord, db
-from service.commits import OutcomeUnknown, safe_rollback
-from service.errors import APIError, BadRequest, Conflict, database_unavailable
+from service.commits import safe_rollback
+from service.errors import APIError, BadRequest, Conflict
 from service.extension import services
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ REPLAYED = "Idempotent-Replayed"
 KEY = re.compile(r"[\x21-\x7e]{1,255}")  # 1-255 visible ASCII characters
 STORED_HEADERS = ("Location", "ETag", "Cache-Control")
 CLAIM_ATTEMPTS = 3
+_RELEASER_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -83,17 +86,16 @@ def idempotent(user_id: int, work: Callable[[Claim | None], Answer]) -> Response
     claim = Claim(user_id, key, secrets.token_hex(16))
     try:
         outcome = _claim(claim, request_fingerprint())
-    except Exception as error:
-        if database_unavailable(error):
-            release(claim, patient=True)  # the claim may have committed before its answer was lost
-        raise
+    except _ClaimCommitLost as lost:
+        release(claim)  # the claim may have landed before its answer was lost
+        raise lost.__cause__ from None
     if isinstance(outcome, Response):
         return outcome
     try:
         answer = work(outcome)
-    except BaseException as error:
+    except BaseException:
         safe_rollback()  # the session may hold locks (SQLite: the whole file) the release needs
-        release(outcome, patient=database_unavailable(error) and not isinstance(error, OutcomeUnknown))
+        release(outcome)
         raise
     return answer.response()
 
@@ -114,26 +116,50 @@ def store_answer(claim: Claim | None, answer: Answer) -> None:
         raise Conflict("A repeat of this request took its Idempotency-Key over; it was not made twice")
 
 
-def release(claim: Claim, *, patient: bool = False) -> None:
+def release(claim: Claim) -> None:
     """Free a key whose attempt failed, so a retry runs it again at once.
 
-    Best effort: the lease frees it anyway. ``patient`` (the database is briefly away) retries for up
-    to ``WRITE_VERIFY_SECONDS``, so a client retrying after the outage is not told 409 for a lease.
-    Only a row still in progress under this attempt's token is deleted: never a stored answer.
+    Only a row still in progress under this attempt's token is deleted, never a stored answer, so
+    this is safe whatever the attempt's outcome. When the database is away the release is handed to
+    a background thread that retries until the lease would have freed the key anyway: the answer
+    (503) is not held up, and a retry after the outage finds the key free (or gets 409 briefly).
     """
-    deadline = time.monotonic() + (current_app.config["WRITE_VERIFY_SECONDS"] if patient else 0)
-    delay = 0.05
+    try:
+        _delete_claim(claim)
+    except SQLAlchemyError:
+        lease = current_app.config["IDEMPOTENCY_LEASE_SECONDS"]
+        _releaser(current_app._get_current_object()).put((claim, time.monotonic() + lease))
+
+
+def _delete_claim(claim: Claim) -> None:
+    with db.engine.begin() as conn:
+        conn.execute(delete(IdempotencyRecord).where(claim.row()))
+
+
+def _releaser(app) -> queue.Queue:
+    """The queue of this process's background releaser, started on first use (after gunicorn's fork)."""
+    with _RELEASER_LOCK:
+        state = app.extensions.setdefault("idempotency_releaser", {})
+        if "queue" not in state:
+            state["queue"] = queue.Queue()
+            threading.Thread(target=_release_later, args=(app, state["queue"]), daemon=True,
+                             name="idempotency-releaser").start()
+        return state["queue"]
+
+
+def _release_later(app, pending: queue.Queue) -> None:
+    delay = 0.1
     while True:
-        try:
-            with db.engine.begin() as conn:
-                conn.execute(delete(IdempotencyRecord).where(claim.row()))
-            return
-        except SQLAlchemyError:
-            if time.monotonic() + delay > deadline:
-                log.warning("could not release an Idempotency-Key of user %s; its lease will", claim.user_id)
-                return
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
+        claim, deadline = pending.get()
+        while time.monotonic() < deadline:
+            try:
+                with app.app_context():
+                    _delete_claim(claim)
+                delay = 0.1
+                break
+            except Exception:  # noqa: BLE001 - the database is still away; keep trying until the lease ends
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
 
 def request_fingerprint() -> str:
@@ -173,25 +199,46 @@ def maybe_purge() -> None:
         log.warning("could not purge expired Idempotency-Keys", exc_info=True)
 
 
+class _ClaimCommitLost(Exception):
+    """The claim's COMMIT raised: the claim may or may not be in the database."""
+
+
 def _claim(claim: Claim, fingerprint: str) -> Claim | Response:
+    """Claim the key in a transaction of its own (or find its stored answer).
+
+    A failure before COMMIT answers 503 at once (nothing was claimed); a lost COMMIT answer is
+    settled by looking again, for up to ``WRITE_VERIFY_SECONDS``: the row is then found under this
+    attempt's own token, or not at all.
+    """
     maybe_purge()
     deadline = time.monotonic() + current_app.config["WRITE_VERIFY_SECONDS"]
     conflicts, delay = 0, 0.05
     while True:
         try:
-            with db.engine.begin() as conn:
-                return _claim_in(conn, claim, fingerprint)
+            return _claim_once(claim, fingerprint)
         except IntegrityError:
             conflicts += 1  # a concurrent request inserted the same key first: look again
             if conflicts == CLAIM_ATTEMPTS:
                 raise Conflict("A request with this Idempotency-Key is in progress",
                                headers={"Retry-After": "1"}) from None
-        except SQLAlchemyError as error:
-            # Also when the COMMIT's answer was lost: the next look finds the row under our own token.
-            if not database_unavailable(error) or time.monotonic() + delay > deadline:
+        except _ClaimCommitLost:
+            if time.monotonic() + delay > deadline:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+
+def _claim_once(claim: Claim, fingerprint: str) -> Claim | Response:
+    with db.engine.connect() as conn:
+        transaction = conn.begin()
+        outcome = _claim_in(conn, claim, fingerprint)
+        try:
+            transaction.commit()
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as error:
+            raise _ClaimCommitLost() from error
+        return outcome
 
 
 def _claim_in(conn, claim: Claim, fingerprint: str) -> Claim | Response:

@@ -1,9 +1,11 @@
 """Idempotency-Key on the authenticated POSTs: a repeat answers what the first request answered."""
 import io
 import threading
+import time
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from models import Flyer, IdempotencyRecord, db
 from service import idempotency, writes
@@ -182,7 +184,7 @@ def test_an_attempt_whose_lease_ran_out_is_taken_over_and_cannot_commit_after(ap
 def test_a_key_left_in_progress_by_a_dead_worker_frees_itself_after_its_lease(app, client, register, clock,
                                                                              monkeypatch):
     _, headers = register("alice")
-    monkeypatch.setattr(idempotency, "release", lambda *args, **kwargs: None)  # the worker died: nothing released
+    monkeypatch.setattr(idempotency, "release", lambda claim: None)  # the worker died: nothing released
     monkeypatch.setattr(writes, "create_flyer", lambda *args, **kwargs: 1 / 0)
     assert _post(client, headers, "key-1").status_code == 500
     monkeypatch.undo()
@@ -192,6 +194,32 @@ def test_a_key_left_in_progress_by_a_dead_worker_frees_itself_after_its_lease(ap
 
     assert _post(client, headers, "key-1").status_code == 201
     assert _flyers(app) == 1
+
+
+def test_a_release_the_database_refused_is_retried_in_the_background(app, client, register, monkeypatch):
+    _, headers = register("alice")
+    delete_claim, failures = idempotency._delete_claim, []
+
+    def refused_once(claim):
+        if not failures:
+            failures.append(claim)
+            raise OperationalError("DELETE", {}, Exception("connection refused"))
+        delete_claim(claim)
+
+    monkeypatch.setattr(idempotency, "_delete_claim", refused_once)
+    monkeypatch.setattr(writes, "create_flyer", lambda *args, **kwargs: 1 / 0)
+    assert _post(client, headers, "key-1").status_code == 500
+
+    deadline = time.monotonic() + 10
+    while _keys(app) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    assert failures and _keys(app) == set()
+
+
+def _keys(app):
+    with app.app_context():
+        return set(db.session.scalars(select(IdempotencyRecord.key).where(IdempotencyRecord.user_id != 0)))
 
 
 def test_a_request_that_failed_frees_its_key_for_the_retry(app, client, register):

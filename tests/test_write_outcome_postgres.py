@@ -378,9 +378,15 @@ class Storm:
     titles_after: list[str]
 
 
-def resend(op: Op) -> tuple:
-    body, content_type = flyer_form(op.value)
-    return call("POST", "/api/v1/flyers", token=op.token, body=body, content_type=content_type, key=op.value)
+def resend(op: Op, patience: float = 0.0) -> tuple:
+    """Send a POST again with its key, as a client does: again after Retry-After on 409/503, for ``patience`` s."""
+    deadline = time.monotonic() + patience
+    while True:
+        body, content_type = flyer_form(op.value)
+        answer = call("POST", "/api/v1/flyers", token=op.token, body=body, content_type=content_type, key=op.value)
+        if answer[0] not in (409, 503) or time.monotonic() > deadline:
+            return answer
+        time.sleep(min(float(answer[3] or 1), 1.0))
 
 
 @pytest.fixture(scope="module")
@@ -389,7 +395,7 @@ def storm(cluster, server) -> Storm:
     history = run_writers("storm", lambda: outages(cluster))
     bios, titles = committed()
     posts = [op for op in history if op.kind == "post"]
-    retried = {op.value: resend(op) for op in posts if op.status != 201}
+    retried = {op.value: resend(op, patience=40) for op in posts if op.status != 201}
     replayed = {op.value: resend(op) for op in [op for op in posts if op.status == 201][:5]}
     statuses = [op.status for op in history]
     log = server.read_text()
