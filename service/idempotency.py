@@ -109,9 +109,9 @@ def store_answer(claim: Claim | None, answer: Answer) -> None:
         return
     response = answer.response()
     headers = {name: response.headers[name] for name in STORED_HEADERS if name in response.headers}
-    result = db.session.execute(
-        update(IdempotencyRecord).where(claim.row()).values(response_status=answer.status, response_body=response.get_data(),
-                response_headers=orjson.dumps(headers).decode(), locked_until=None))
+    result = db.session.execute(update(IdempotencyRecord).where(claim.row()).values(
+        response_status=answer.status, response_body=response.get_data(),
+        response_headers=orjson.dumps(headers).decode(), locked_until=None))
     if result.rowcount != 1:
         raise Conflict("A repeat of this request took its Idempotency-Key over; it was not made twice")
 

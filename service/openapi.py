@@ -23,7 +23,8 @@ HEADERS = {
     "Location": {"description": "URL of the created resource", "schema": {"type": "string", "format": "uri"}},
     "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}},
     "Idempotent-Replayed": {"description": "`true` when the answer is the stored answer of an earlier request "
-                                           "with the same Idempotency-Key", "schema": {"type": "string", "enum": ["true"]}},
+                                           "with the same Idempotency-Key",
+                            "schema": {"type": "string", "enum": ["true"]}},
 }
 ID = {"type": "integer", "minimum": 1, "maximum": 999999999999999999}
 BEARER = [{"bearerAuth": []}]
