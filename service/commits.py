@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 from datetime import timedelta
+from typing import Callable
 
 from flask import current_app
 from sqlalchemy import insert, text
@@ -40,7 +41,7 @@ class OutcomeUnknown(ServiceUnavailable):
     """The commit failed and the database could not be asked whether it landed."""
 
 
-def commit_write(before_commit=None) -> None:
+def commit_write(before_commit: Callable[[], None] | None = None) -> None:
     """Commit the session's write, or raise 503 (WriteNotMade, OutcomeUnknown) when it did not commit.
 
     ``before_commit`` runs after the flush (so generated ids are known) inside the same transaction.

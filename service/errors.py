@@ -177,14 +177,16 @@ class JSONErrors:
         # (Flask tears the request down after building the answer) can then still replace the answer.
         held: list[Any] = []
         writer: list[Callable[[bytes], Any]] = []
+        returned = False
 
         def forward() -> None:
             if held and not writer:
                 writer.append(start_response(*held))
 
         def hold(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], Any]:
-            if writer:  # already forwarded: the server decides (it re-raises once headers are sent)
-                return start_response(status, headers, exc_info)
+            if writer or returned:  # forwarded already, or called while the body is iterated: pass it on
+                writer[:] = [start_response(status, headers, exc_info)]
+                return writer[0]
             held[:] = [status, headers, exc_info] if exc_info else [status, headers]
 
             def write(data: bytes) -> Any:  # the legacy write() callable forwards the headers first
@@ -199,6 +201,7 @@ class JSONErrors:
                 raise  # the answer has started to go out: nothing can replace it
             return self._error(error, start_response)
         forward()
+        returned = True
         return result
 
     def _error(self, error: Exception, start_response: Callable[..., Any]) -> list[bytes]:

@@ -198,3 +198,15 @@ def test_the_commit_check_ends_a_transaction_still_running_on_a_cut_connection(a
     with pytest.raises(psycopg.OperationalError):
         orphan.execute("COMMIT")  # terminated: it can never commit now
     orphan.close()
+
+
+def test_an_application_that_starts_its_answer_while_iterated_passes_through_unchanged():
+    def application(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"streamed"
+
+    started = []
+    body = b"".join(JSONErrors(application, retry_after=5)({}, lambda *args: started.append(args)))
+
+    assert body == b"streamed"
+    assert started[0][0] == "200 OK"
