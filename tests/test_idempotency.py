@@ -282,3 +282,19 @@ def test_the_openapi_document_lists_the_key_and_its_409_and_422_answers(client, 
 
     assert "Idempotency-Key" in [parameter["name"] for parameter in operation["parameters"]]
     assert {"409", "422"} <= set(operation["responses"])
+
+
+def test_migrations_build_the_idempotency_table_with_its_unique_key(tmp_path):
+    from sqlalchemy import create_engine, inspect
+
+    from service import create_app
+    url = f"sqlite:///{tmp_path}/migrated.db"
+    app = create_app({"SQLALCHEMY_DATABASE_URI": url})
+
+    result = app.test_cli_runner().invoke(args=["db", "upgrade"])
+
+    assert result.exit_code == 0, result.output
+    engine = create_engine(url)
+    uniques = [set(unique["column_names"]) for unique in inspect(engine).get_unique_constraints("idempotency_keys")]
+    engine.dispose()
+    assert {"user_id", "key"} in uniques
