@@ -19,7 +19,7 @@ from models.base import MAX_ID
 from service import invalidation
 from service.config import load_config
 from service.edge import Edge, number_pattern
-from service.errors import register_error_handlers
+from service.errors import JSONErrors, register_error_handlers
 from service.extension import EXTENSION, Services
 from service.fast_path import CachedReads
 from service.outbox import Outbox
@@ -102,6 +102,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     if app.config["CACHE_FAST_PATH"]:
         app.wsgi_app = CachedReads(app.wsgi_app, cache, app.config)
     app.wsgi_app = Edge(Timed(app.wsgi_app, telemetry), app.config)
+    app.wsgi_app = JSONErrors(app.wsgi_app, settings["DB_RETRY_AFTER_SECONDS"])  # outermost: always JSON
     return app
 
 
@@ -157,7 +158,11 @@ def _require_lua(client: Any) -> None:
 
 
 def _retry_after_only_when_waiting(response: Response) -> Response:
-    """Keep Retry-After on 429 and 503 only; the rate limiter adds it to every answer it counts."""
-    if response.status_code not in (429, 503):
+    """Keep Retry-After where the client should wait: 429, 503, and a 409 for an Idempotency-Key still running.
+
+    The rate limiter adds it to every answer it counts.
+    """
+    if response.status_code not in (429, 503) and not (
+            response.status_code == 409 and "Idempotency-Key" in request.headers):
         response.headers.pop("Retry-After", None)
     return response

@@ -12,6 +12,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from models import User, db
 from models.base import MAX_ID
+from service.commits import commit_write
 from service.errors import Conflict, Forbidden, Unauthorized
 from service.http import json_body, json_response
 from service.schemas import LoginSchema, RegisterSchema
@@ -86,7 +87,7 @@ def register() -> Response:
                                                      method=current_app.config["PASSWORD_HASH_METHOD"]))
     db.session.add(user)
     try:
-        db.session.commit()
+        commit_write()
     except IntegrityError:
         # Lost a race with a concurrent registration of the same email or username.
         db.session.rollback()

@@ -27,6 +27,7 @@ STREETS = ("Bahnhofstrasse", "Langstrasse", "Seefeldstrasse", "Limmatquai", "Ros
 def register_commands(app: Flask) -> None:
     app.cli.add_command(create_user)
     app.cli.add_command(seed)
+    app.cli.add_command(purge_idempotency_keys)
 
 
 @click.command("create-user")
@@ -168,3 +169,14 @@ def _fix_sequences() -> None:
         db.session.execute(db.text(
             "SELECT setval(pg_get_serial_sequence('flyers', 'id'), (SELECT MAX(id) FROM flyers))"))
         db.session.commit()
+
+
+@click.command("purge-idempotency-keys")
+@with_appcontext
+def purge_idempotency_keys() -> None:
+    """Delete expired Idempotency-Keys and commit markers (requests also purge them, once a minute per process)."""
+    from service.idempotency import purge_expired
+    total = 0
+    while deleted := purge_expired(services().clock()):
+        total += deleted
+    click.echo(f"deleted {total} expired idempotency records")

@@ -50,5 +50,9 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "CACHE_BREAKER_MAX_DELAY": float(env.get("CACHE_BREAKER_MAX_DELAY", "30")),
         "REDIS_SOCKET_TIMEOUT": float(env.get("REDIS_SOCKET_TIMEOUT", "0.1")),
         "DB_RETRY_AFTER_SECONDS": int(env.get("DB_RETRY_AFTER_SECONDS", "5")),
+        "WRITE_VERIFY_SECONDS": float(env.get("WRITE_VERIFY_SECONDS", "10")),
+        "IDEMPOTENCY_TTL_SECONDS": int(env.get("IDEMPOTENCY_TTL_SECONDS", str(24 * 3600))),
+        "IDEMPOTENCY_LEASE_SECONDS": int(env.get("IDEMPOTENCY_LEASE_SECONDS", "35")),
+        "IDEMPOTENCY_PURGE_INTERVAL": float(env.get("IDEMPOTENCY_PURGE_INTERVAL", "60")),
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
     }

@@ -1,16 +1,15 @@
 """Flyer endpoints: a creator's pages (cached), one flyer (cached), create, edit, delete."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, request, url_for
+from flask import Blueprint, Response, current_app, request
 
-from models import queries
 from service import writes
 from service.auth import caller_id
-from service.errors import BadRequest, NotFound
+from service.errors import BadRequest
 from service.extension import services
-from service.http import base_url, cached_answer, json_body, json_response, require_multipart
+from service.http import base_url, cached_answer, json_body, require_multipart
+from service.idempotency import Answer, Claim, idempotent
 from service.reads import PEEK, read_creator_page, read_flyer
-from service.representations import flyer_json
 from service.schemas import FlyerFieldsSchema, PageArgsSchema
 
 bp = Blueprint("flyers", __name__, url_prefix="/api/v1")
@@ -35,39 +34,27 @@ def get_flyer(flyer_id: int) -> Response:
 def create_flyer() -> Response:
     creator = caller_id()
     require_multipart()
+    return idempotent(creator, lambda claim: _create_flyer(creator, claim))
+
+
+def _create_flyer(creator: int, claim: Claim | None) -> Answer:
     unexpected = [name for name in request.files if name not in IMAGE_FIELDS]
     if unexpected:
         raise BadRequest("Invalid input", {name: ["Unknown field."] for name in unexpected})
     fields = FlyerFieldsSchema().load(request.form.to_dict())
     limit = current_app.config["PICTURE_MAX_BYTES"] + 1
     images = [request.files[name].stream.read(limit) for name in IMAGE_FIELDS if name in request.files]
-    flyer_id = writes.create_flyer(creator, fields, images, services().clock())
-    response = _written_flyer(flyer_id)
-    response.status_code = 201
-    response.headers["Location"] = f"{base_url()}{url_for('flyers.get_flyer', flyer_id=flyer_id)}"
-    return response
+    return writes.create_flyer(creator, fields, images, services().clock(), base_url(), claim)
 
 
 @bp.patch("/flyers/<id:flyer_id>")
 def update_flyer(flyer_id: int) -> Response:
     caller = caller_id()
     changes = FlyerFieldsSchema(partial=True).load(json_body())
-    writes.update_flyer(flyer_id, caller, changes)
-    return _written_flyer(flyer_id)
+    return writes.update_flyer(flyer_id, caller, changes, base_url()).response()
 
 
 @bp.delete("/flyers/<id:flyer_id>")
 def delete_flyer(flyer_id: int) -> Response:
     writes.delete_flyer(flyer_id, caller_id())
     return Response(status=204)
-
-
-def _written_flyer(flyer_id: int) -> Response:
-    """Answer a flyer just written, valid now or not (its window may start later or have passed)."""
-    entry = read_flyer(flyer_id, base_url())
-    if entry.body is not None:
-        return cached_answer(entry, "Flyer not found")
-    flyer = queries.get_flyer(flyer_id)
-    if flyer is None:
-        raise NotFound("Flyer not found")
-    return json_response(flyer_json(flyer, base_url(), services().clock()))

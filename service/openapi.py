@@ -17,7 +17,8 @@ ERROR = {413: "Request body too large", 415: "Unsupported media type",
          400: "Invalid input, or a Host the service does not serve (or a malformed one)",
          414: "URI too long (over 4 KiB)", 431: "Request header fields too large",
          401: "Missing, invalid or expired token", 403: "Not the owner", 404: "Not found",
-         405: "Method not allowed", 409: "Already exists", 429: "Too many attempts",
+         405: "Method not allowed", 409: "Already exists", 422: "Idempotency-Key reused with a different request",
+         429: "Too many attempts",
          503: "Database unavailable", 500: "Internal error"}
 HEADERS = {
     "ETag": {"description": "Entity tag of the body", "schema": {"type": "string"}},
@@ -38,6 +39,9 @@ HEADERS = {
     "Accept-Ranges": {"description": "Byte ranges may be requested", "schema": {"type": "string", "enum": ["bytes"]}},
     "Content-Range": {"description": "The bytes this partial answer holds", "schema": {"type": "string"}},
     "Content-Disposition": {"description": "Shown inline, with the file name", "schema": {"type": "string"}},
+    "Idempotent-Replayed": {"description": "`true` when the answer is the stored answer of an earlier request "
+                                           "with the same Idempotency-Key",
+                            "schema": {"type": "string", "enum": ["true"]}},
 }
 RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 FILE_HEADERS = ("ETag", "Cache-Control", "Last-Modified", "Expires", "Accept-Ranges", "Content-Disposition")
@@ -115,6 +119,27 @@ def _path_id(name: str) -> dict[str, Any]:
 
 
 IF_NONE_MATCH = {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}}
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x21-\\x7E]+$"},
+    "description": "1-255 visible ASCII characters (else 400). A repeat of the key by the same user within 24 h, "
+                   "on any instance, answers the first request's status and body without doing the work again "
+                   "(header Idempotent-Replayed: true); the same key with a different request answers 422; a "
+                   "repeat while the first still runs answers 409 with Retry-After. A request that answered an "
+                   "error frees its key. Without the header nothing changes."}
+
+
+def _idempotent(operation: dict[str, Any]) -> dict[str, Any]:
+    """Add the Idempotency-Key parameter and its 409 and 422 answers to a POST operation."""
+    responses = operation["responses"] = dict(operation["responses"])  # some answers are shared: copy
+    for code, answer in responses.items():
+        if 200 <= code < 300:
+            responses[code] = {**answer, "headers": {**answer.get("headers", {}), **_headers("Idempotent-Replayed")}}
+    responses[409] = {"description": "A request with this Idempotency-Key is still in progress",
+                      "headers": _headers("Retry-After"), "content": {"application/json": {"schema": "Error"}}}
+    responses.update(_errors(422))
+    operation["parameters"] = [*operation.get("parameters", []), IDEMPOTENCY_KEY]
+    return operation
 IMAGE_TYPES = "image/jpeg, image/png, image/webp, image/gif, image/heic, image/heif"
 IMAGE = {"type": "string", "format": "binary", "minLength": 1,
          "description": "A JPEG, PNG, WebP, GIF or HEIC image of at most 5 MB, recognised by its content; "
@@ -192,19 +217,19 @@ def build_spec() -> dict[str, Any]:
                       "requestBody": {"required": True, "content": {"application/json": {"schema": "ProfileUpdate"}}},
                       "responses": {**profile_write, **_errors(400, 401, 404, 413, 415, 503)}}},
         "/api/v1/users/me/profile/picture": {
-            "post": {"summary": "Upload your profile picture", "security": BEARER,
+            "post": _idempotent({"summary": "Upload your profile picture", "security": BEARER,
                      "description": "The image type is chosen by content: anything that is not JPEG, PNG, "
                                     "WebP, GIF or HEIC answers 400; a body that is not multipart answers 415.",
                      "requestBody": {"required": True, "content": MULTIPART_IMAGE},
-                     "responses": {**profile_write, **_errors(400, 401, 404, 413, 415, 503)}},
+                     "responses": {**profile_write, **_errors(400, 401, 404, 413, 415, 503)}}),
             "delete": {"summary": "Remove your profile picture", "security": BEARER,
                        "responses": {**profile_write, **_errors(401, 404, 503)}}},
         "/api/v1/users/{user_id}/flyers": {
             "get": _cached_read("FlyerPage", "A creator's valid flyers, newest first", page_params, 400, 404, 503)},
-        "/api/v1/flyers": {"post": {
+        "/api/v1/flyers": {"post": _idempotent({
             "summary": "Create a flyer", "security": BEARER, "requestBody": {"required": True, "content": _flyer_form(marshmallow.converter)},
             "responses": {201: _json("Flyer", "Created", "Location", "ETag", "Cache-Control"),
-                          **_errors(400, 401, 404, 413, 415, 503)}}},
+                          **_errors(400, 401, 404, 413, 415, 503)}})},
         "/api/v1/flyers/{flyer_id}": {
             "get": _cached_read("Flyer", "A flyer that is valid now", [_path_id("flyer_id"), IF_NONE_MATCH], 404, 503),
             "patch": {"summary": "Edit your flyer", "security": BEARER, "parameters": [_path_id("flyer_id")],

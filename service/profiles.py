@@ -7,6 +7,7 @@ from service import writes
 from service.auth import caller_id, require_owner
 from service.errors import BadRequest
 from service.http import base_url, cached_answer, json_body, require_multipart
+from service.idempotency import Answer, Claim, idempotent
 from service.reads import PEEK, read_profile
 from service.schemas import ProfileUpdateSchema
 
@@ -41,8 +42,7 @@ def patch_profile(user_id: int) -> Response:
 
 def _patch(user_id: int) -> Response:
     changes = ProfileUpdateSchema().load(json_body())
-    writes.update_profile(user_id, changes)
-    return _fresh_profile(user_id)
+    return writes.update_profile(user_id, changes, base_url()).response()
 
 
 @bp.post("/me/profile/picture")
@@ -51,18 +51,20 @@ def upload_picture() -> Response:
     # Refuse an oversized body before it is parsed, let alone decoded.
     request.max_content_length = current_app.config["PICTURE_MAX_BYTES"] + 64 * 1024
     require_multipart()
+    return idempotent(user_id, lambda claim: _upload_picture(user_id, claim))
+
+
+def _upload_picture(user_id: int, claim: Claim | None) -> Answer:
     upload = request.files.get("image")
     if upload is None:
         raise BadRequest("Invalid input", {"image": ["An image file is required."]})
     unknown = [name for name in (*request.form, *request.files) if name != "image"]
     if unknown:
         raise BadRequest("Invalid input", {name: ["Unknown field."] for name in unknown})
-    writes.set_profile_picture(user_id, upload.stream.read(current_app.config["PICTURE_MAX_BYTES"] + 1))
-    return _fresh_profile(user_id)
+    data = upload.stream.read(current_app.config["PICTURE_MAX_BYTES"] + 1)
+    return writes.set_profile_picture(user_id, data, base_url(), claim)
 
 
 @bp.delete("/me/profile/picture")
 def delete_picture() -> Response:
-    user_id = caller_id()
-    writes.delete_profile_picture(user_id)
-    return _fresh_profile(user_id)
+    return writes.delete_profile_picture(caller_id(), base_url()).response()

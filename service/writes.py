@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 from flask import current_app
 from sqlalchemy import delete, select
 
-from models import Flyer, FlyerImage, User, db
+from models import Flyer, FlyerImage, User, db, queries
+from service.commits import OutcomeUnknown, commit_write, safe_rollback
 from service.errors import APIError, BadRequest, Forbidden, NotFound
 from service.extension import services
+from service.idempotency import Answer, Claim, store_answer
 from service.pictures import PictureError, process_flyer_image, process_profile_picture
 from service.schemas import DEFAULT_VALIDITY
+from service.representations import flyer_json, profile_json
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ def _delete_files(keys: list[str | None], *, owner: int | None = None) -> None:
         except Exception:
             log.warning("could not check which files user %s uses; keeping %s", owner, sorted(doomed),
                         exc_info=True)
-            db.session.rollback()
+            safe_rollback()
             return
         doomed -= set(row or ())
     storage = services().storage
@@ -58,19 +61,23 @@ def _delete_files(keys: list[str | None], *, owner: int | None = None) -> None:
         except OSError:
             log.warning("could not delete media file %s", key, exc_info=True)
     if locked:
-        db.session.rollback()  # ends the read-only transaction, releasing the row lock once the files are gone
+        safe_rollback()  # ends the read-only transaction, releasing the row lock once the files are gone
 
 
-def update_profile(user_id: int, changes: dict[str, Any]) -> None:
-    """Apply ``changes`` (display_name, bio) to the user's profile."""
+def update_profile(user_id: int, changes: dict[str, Any], base_url: str) -> Answer:
+    """Apply ``changes`` (display_name, bio) to the user's profile; return the profile.
+
+    Every answer of a write is built inside its transaction: once COMMIT has returned nothing
+    can fail any more, so a write that committed never answers an error.
+    """
     user = _user_for_update(user_id)
     for name, value in changes.items():
         setattr(user, name, value)
-    db.session.commit()
+    return _commit_with(lambda: _profile_answer(user_id, base_url))
 
 
-def set_profile_picture(user_id: int, data: bytes) -> None:
-    """Process, store and point the profile at a new picture; the old files go after the commit."""
+def set_profile_picture(user_id: int, data: bytes, base_url: str, claim: Claim | None = None) -> Answer:
+    """Process, store and point the profile at a new picture; return the profile; the old files go after the commit."""
     picture = _process(process_profile_picture, data, "image")
     storage = services().storage
     folder = f"avatars/{user_id}"
@@ -83,31 +90,34 @@ def set_profile_picture(user_id: int, data: bytes) -> None:
         new_keys.append(storage.put(folder, picture.full.data))
         new_keys.append(storage.put(folder, picture.thumbnail.data, "_128"))
         user.picture_key, user.thumbnail_key = new_keys
-        db.session.commit()
+        answer = _commit_with(lambda: _profile_answer(user_id, base_url), claim)
     except BaseException:
-        db.session.rollback()
-        # A commit can land and still raise (a lost connection): the row, read again, says which files to keep.
+        safe_rollback()
+        # If the outcome is unknown the row, read again, says which files to keep (or the read fails: all stay).
         _delete_files([*old_keys, *new_keys], owner=user_id)
         raise
     _delete_files([key for key in old_keys if key not in new_keys], owner=user_id)
+    return answer
 
 
-def delete_profile_picture(user_id: int) -> None:
-    """Remove the profile picture; its files are deleted after the commit."""
+def delete_profile_picture(user_id: int, base_url: str) -> Answer:
+    """Remove the profile picture and return the profile; its files are deleted after the commit."""
     user = _user_for_update(user_id)
     old_keys = [user.picture_key, user.thumbnail_key]
     user.picture_key = user.thumbnail_key = None
     try:
-        db.session.commit()
+        answer = _commit_with(lambda: _profile_answer(user_id, base_url))
     except BaseException:
-        db.session.rollback()
+        safe_rollback()
         _delete_files(old_keys, owner=user_id)
         raise
     _delete_files(old_keys, owner=user_id)
+    return answer
 
 
-def create_flyer(creator_id: int, fields: dict[str, Any], images: list[bytes], now: datetime) -> int:
-    """Create a flyer with its processed images and return its id."""
+def create_flyer(creator_id: int, fields: dict[str, Any], images: list[bytes], now: datetime,
+                 base_url: str, claim: Claim | None = None) -> Answer:
+    """Create a flyer with its processed images; return the 201 answer (stored with the claim, if any)."""
     if not images:
         raise BadRequest("Invalid input", {"image_1": ["At least one image is required."]})
     processed = [_process(process_flyer_image, data, f"image_{number}")
@@ -129,12 +139,44 @@ def create_flyer(creator_id: int, fields: dict[str, Any], images: list[bytes], n
         for order, picture in enumerate(processed):
             keys.append(storage.put(f"flyers/{flyer.id}", picture.data))
             db.session.add(FlyerImage(flyer_id=flyer.id, order=order, storage_key=keys[-1]))
-        db.session.commit()
+        answer = _commit_with(lambda: _flyer_answer(flyer.id, base_url, now, 201), claim)
+    except OutcomeUnknown:
+        raise  # the flyer may be in the database: its files stay (an orphan beats a dangling URL)
     except BaseException:
-        db.session.rollback()
+        safe_rollback()
         _delete_files(list(keys))
         raise
-    return flyer.id
+    return answer
+
+
+def _commit_with(build: Callable[[], Answer], claim: Claim | None = None) -> Answer:
+    """Commit the session's write with its answer (stored with the claim, if any); return the answer."""
+    answers: list[Answer] = []
+
+    def answer_inside_the_transaction() -> None:
+        answers.append(build())
+        store_answer(claim, answers[0])
+
+    commit_write(answer_inside_the_transaction)
+    return answers[0]
+
+
+def _profile_answer(user_id: int, base_url: str) -> Answer:
+    """The profile as this transaction leaves it (read through the session, never the cache)."""
+    creator = queries.get_creator(user_id, services().clock())
+    if creator is None:
+        raise NotFound("User not found")
+    user, stats = creator
+    return Answer(200, profile_json(user, stats.valid_flyers, base_url))
+
+
+def _flyer_answer(flyer_id: int, base_url: str, now: datetime, status: int = 200) -> Answer:
+    """The flyer as this transaction leaves it, valid now or not (its window may start later or have passed)."""
+    flyer = queries.get_flyer(flyer_id)
+    if flyer is None:
+        raise NotFound("Flyer not found")
+    headers = {"Location": f"{base_url}/api/v1/flyers/{flyer_id}"} if status == 201 else {}
+    return Answer(status, flyer_json(flyer, base_url, now), headers)
 
 
 def _owned_flyer(flyer_id: int, caller: int) -> Flyer:
@@ -146,8 +188,8 @@ def _owned_flyer(flyer_id: int, caller: int) -> Flyer:
     return flyer
 
 
-def update_flyer(flyer_id: int, caller: int, changes: dict[str, Any]) -> None:
-    """Apply ``changes`` to the caller's flyer."""
+def update_flyer(flyer_id: int, caller: int, changes: dict[str, Any], base_url: str) -> Answer:
+    """Apply ``changes`` to the caller's flyer; return the flyer."""
     flyer = _owned_flyer(flyer_id, caller)
     valid_from = changes.get("valid_from", flyer.valid_from)
     valid_until = changes.get("valid_until", flyer.valid_until)
@@ -155,7 +197,7 @@ def update_flyer(flyer_id: int, caller: int, changes: dict[str, Any]) -> None:
         raise BadRequest("Invalid input", {"valid_until": ["valid_until must be after valid_from."]})
     for name, value in changes.items():
         setattr(flyer, name, value)
-    db.session.commit()
+    return _commit_with(lambda: _flyer_answer(flyer_id, base_url, services().clock()))
 
 
 def delete_flyer(flyer_id: int, caller: int) -> None:
@@ -164,5 +206,5 @@ def delete_flyer(flyer_id: int, caller: int) -> None:
     keys = list(db.session.scalars(select(FlyerImage.storage_key).where(FlyerImage.flyer_id == flyer_id)))
     db.session.execute(delete(FlyerImage).where(FlyerImage.flyer_id == flyer_id))
     db.session.delete(flyer)
-    db.session.commit()
+    commit_write()
     _delete_files(keys)
