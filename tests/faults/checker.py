@@ -196,6 +196,10 @@ class Checker:
         self._reads_lock = threading.Lock()
         self._stop = threading.Event()
         self._stop_writer = threading.Event()
+        self._answers = threading.Condition()
+        self._answer_seq = 0
+        self._last_written: Subject | None = None
+        self._held: set[str] = set()
         self._threads: list[threading.Thread] = []
         self._writer_thread: threading.Thread | None = None
         self._writer_http = Http(writer_url)
@@ -219,6 +223,10 @@ class Checker:
                 if status is not None:
                     record.answered = time.monotonic()
                 self.writes.append(record)
+                with self._answers:  # wake the readers: a read right after an answer is the sharpest test
+                    self._answer_seq += 1
+                    self._last_written = subject
+                    self._answers.notify_all()
             return k
 
     def start_writer(self, interval: float = 0.1) -> None:
@@ -254,12 +262,36 @@ class Checker:
             self._threads.append(thread)
         return self
 
+    def hold(self, targets: str) -> None:
+        """Stop the readers of `targets` (e.g. "B") after their current read, until `release`."""
+        with self._answers:
+            self._held = set(targets)
+
+    def release(self) -> None:
+        with self._answers:
+            self._held = set()
+            self._answers.notify_all()
+
+    def _next_subject(self, target: str, seen: int, n: int) -> tuple[Subject, int]:
+        """Wait `read_pause` (or while held), cut short by a write's answer: then read what it wrote."""
+        with self._answers:
+            deadline = time.monotonic() + self.read_pause
+            while not self._stop.is_set():
+                if target not in self._held:
+                    if self._answer_seq != seen and self._last_written is not None:
+                        return self._last_written, self._answer_seq
+                    if time.monotonic() >= deadline:
+                        break
+                self._answers.wait(max(0.0, deadline - time.monotonic()) if target not in self._held else 0.1)
+            return self.subjects[n % len(self.subjects)], self._answer_seq
+
     def _read_loop(self, target: str, index: int) -> None:
         client = Http(self.reader_urls[target])
         n = index
+        seen = 0
         try:
             while not self._stop.is_set() and time.monotonic() - self._started < self.max_duration:
-                subject = self.subjects[n % len(self.subjects)]
+                subject, seen = self._next_subject(target, seen, n)
                 n += 1
                 started = time.monotonic()
                 status: int | None
@@ -279,14 +311,14 @@ class Checker:
                 ended = time.monotonic()
                 with self._reads_lock:
                     self.reads.append(Read(subject.name, target, started, ended, status, value, detail))
-                if self.read_pause:
-                    time.sleep(self.read_pause)
         finally:
             client.close()
 
     def stop(self) -> Result:
         self.stop_writer()
-        self._stop.set()
+        with self._answers:
+            self._stop.set()
+            self._answers.notify_all()
         for thread in self._threads:
             thread.join(timeout=TIMEOUT + 2)
         self._writer_http.close()

@@ -135,15 +135,18 @@ def test_debug_sleep_during_writes_leaves_no_stale_reads(world):
 
 
 def test_writes_right_after_a_long_pause_leave_no_stale_reads(world):
-    # A 4 s pause opens every worker's breaker (readers on A and B fail over and over);
-    # writes that come right after it ends must still reach Redis before they answer.
+    # A 4 s pause opens the writer's breakers (its readers fail over and over, so the back-off
+    # grows); B is idle meanwhile, so its breakers stay closed. Writes made right after the
+    # pause ends must still reach Redis before they answer, whatever A's breakers say.
     checker = world.checker(readers="BBBA").start()
     time.sleep(WARM)
+    checker.hold("B")
     ends = pause(world, 4000)
     time.sleep(1.5)
     checker.write()  # during the pause
     sleep_until(ends + 0.05)
     fault_end = time.monotonic()
+    checker.release()
     for _ in range(3):
         checker.write()
         time.sleep(0.3)
@@ -198,7 +201,9 @@ def test_delay_between_redis_and_the_reader_leaves_no_stale_reads(world, delay_m
     time.sleep(WARM)
     world.proxies["B"].delay(delay_ms, delay_ms)
     fault_start = time.monotonic()
-    checker.start_writer(0.05)
+    # Writes far enough apart that B holds near copies between them; the readers read at once
+    # after each answer, while the invalidation may still be on its way to B.
+    checker.start_writer(0.3)
     time.sleep(6.0)
     checker.stop_writer()
     world.proxies["B"].delay(0, 0)
