@@ -1,7 +1,8 @@
 """Real processes for the fault suite: a PostgreSQL cluster, redis-server, TCP proxies, gunicorn.
 
-Ports (loopback only): PostgreSQL 7150, Redis 7101, proxies 7111 (instance A) and 7112
-(instance B) with control ports 7161/7162, gunicorn A on 7121 and B on 7122. Every process
+Ports (loopback only, from FAULTS_PORT_BASE, default 7100): PostgreSQL 7150, Redis 7101,
+proxies 7111 (instance A) and 7112 (instance B) with control ports 7161/7162, gunicorn A on
+7121 and B on 7122. Every process
 is started here, remembered by PID, and stopped by PID at teardown, even when a test fails;
 every wait is bounded.
 
@@ -34,10 +35,12 @@ from tests.faults.proxy import ProxyControl
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
-PG_PORT = 7150
-REDIS_PORT = 7101
-PROXY_PORTS = {"A": (7111, 7161), "B": (7112, 7162)}
-INSTANCE_PORTS = {"A": 7121, "B": 7122}
+BASE = int(os.environ.get("FAULTS_PORT_BASE", "7100"))
+"""First of the 100 loopback ports the suite uses (set FAULTS_PORT_BASE to run two suites at once)."""
+PG_PORT = BASE + 50
+REDIS_PORT = BASE + 1
+PROXY_PORTS = {"A": (BASE + 11, BASE + 61), "B": (BASE + 12, BASE + 62)}  # (proxy, control)
+INSTANCE_PORTS = {"A": BASE + 21, "B": BASE + 22}
 DATABASE = "faults"
 SECRET = "fault-suite-secret-key-long-enough-for-hs256"
 PASS_THROUGH = ("CACHE_WRITE_DEADLINE", "OUTBOX_POLL_INTERVAL", "CACHE_NEAR_PROOF_MS")
@@ -508,8 +511,9 @@ class World:
         return None
 
     def teardown(self) -> None:
-        for instance in self.instances.values():
-            instance.stop()
+        stopping = [run_in_thread(instance.stop) for instance in self.instances.values()]  # both at once
+        for thread in stopping:
+            thread.join(timeout=30)
         for proxy in self.proxies.values():
             proxy.stop()
         if self.redis is not None:
