@@ -266,6 +266,7 @@ class Checker:
         """Stop the readers of `targets` (e.g. "B") after their current read, until `release`."""
         with self._answers:
             self._held = set(targets)
+            self._answers.notify_all()
 
     def release(self) -> None:
         with self._answers:
