@@ -1,0 +1,324 @@
+"""A small threaded TCP proxy in front of Redis, with faults a network can cause.
+
+Each accepted connection gets its own upstream connection and one pump thread per direction
+(plus one sender thread per direction for delayed bytes, so a delay never accumulates). The
+controls act on every connection, current and future:
+
+- ``delay(up_ms, down_ms)``: hold each chunk that long before forwarding it (client->server is
+  "up", server->client "down"); order is kept.
+- ``cut()``: close every current connection (both sockets), as a network failure would.
+- ``refuse(on)``: new connections are reset at once while on.
+- ``half_open(mode)``: ``"subscribers"`` (connections that sent a SUBSCRIBE command) or
+  ``"all"``: keep the sockets open and keep reading from Redis, but forward nothing more from
+  Redis to the client (a silently dead path); ``None`` ends it (bytes dropped meanwhile are lost).
+
+It runs in its own process (``python -m tests.faults.proxy``), so the test process's threads
+do not hold its GIL; the process answers JSON-line commands on a control port
+(``ProxyControl`` below is the client the fixtures use).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import re
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from typing import Any
+
+HOST = "127.0.0.1"
+CHUNK = 65536
+SUBSCRIBE = re.compile(rb"\$(?:9|10)\r\n[PS]?SUBSCRIBE\r\n", re.IGNORECASE)
+"""A SUBSCRIBE, PSUBSCRIBE or SSUBSCRIBE command name as a RESP bulk string."""
+HALF_OPEN_MODES = (None, "subscribers", "all")
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+class _Direction:
+    """One direction of one connection: forwards chunks, delayed by the proxy's current setting."""
+
+    def __init__(self, conn: "_Connection", src: socket.socket, dst: socket.socket, up: bool) -> None:
+        self.conn, self.src, self.dst, self.up = conn, src, dst, up
+        self.lock = threading.Lock()
+        self.queued = 0  # chunks waiting in `self.queue` or being sent by the sender thread
+        self.queue: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
+
+    def pump(self) -> None:
+        proxy = self.conn.proxy
+        tail = b""
+        try:
+            while True:
+                data = self.src.recv(CHUNK)
+                if not data:
+                    break
+                received = time.monotonic()
+                if self.up:
+                    if not self.conn.subscriber and SUBSCRIBE.search(tail + data):
+                        self.conn.subscriber = True
+                    tail = (tail + data)[-16:]
+                elif proxy.blackholed(self.conn):
+                    continue  # half-open: Redis's bytes are read and dropped
+                delay = (proxy.up_ms if self.up else proxy.down_ms) / 1000
+                with self.lock:
+                    if delay <= 0 and self.queued == 0:
+                        self.dst.sendall(data)
+                        continue
+                    self.queued += 1
+                self.queue.put((received + delay, data))
+        except OSError:
+            pass
+        finally:
+            self.queue.put(None)
+            self.conn.close()
+
+    def send_delayed(self) -> None:
+        try:
+            while True:
+                item = self.queue.get()
+                if item is None:
+                    return
+                due, data = item
+                wait = due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                try:
+                    self.dst.sendall(data)
+                finally:
+                    with self.lock:
+                        self.queued -= 1
+        except OSError:
+            self.conn.close()
+
+
+class _Connection:
+    def __init__(self, proxy: "Proxy", client: socket.socket, upstream: socket.socket) -> None:
+        self.proxy = proxy
+        self.client, self.upstream = client, upstream
+        self.subscriber = False
+        self.closed = False
+        self._lock = threading.Lock()
+        self.directions = (_Direction(self, client, upstream, True), _Direction(self, upstream, client, False))
+        self.threads = [threading.Thread(target=function, daemon=True, name=f"proxy-{name}")
+                        for direction in self.directions
+                        for function, name in ((direction.pump, "pump"), (direction.send_delayed, "send"))]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        _close(self.client)
+        _close(self.upstream)
+        for direction in self.directions:
+            direction.queue.put(None)
+        self.proxy._forget(self)
+
+
+class Proxy:
+    """Forwards 127.0.0.1:`port` to 127.0.0.1:`target`; see the module docstring for the controls."""
+
+    def __init__(self, port: int, target: int, *, max_connections: int = 128) -> None:
+        self.port, self.target = port, target
+        self.max_connections = max_connections
+        self.up_ms = 0.0
+        self.down_ms = 0.0
+        self.refusing = False
+        self.half_open_mode: str | None = None
+        self.accepted = 0
+        self._lock = threading.Lock()
+        self._connections: set[_Connection] = set()
+        self._stopping = threading.Event()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((HOST, port))
+        self._listener.listen(128)
+        self._listener.settimeout(0.2)
+        self._acceptor = threading.Thread(target=self._accept_loop, daemon=True, name="proxy-accept")
+
+    def start(self) -> "Proxy":
+        self._acceptor.start()
+        return self
+
+    # controls
+    def delay(self, up_ms: float = 0.0, down_ms: float = 0.0) -> None:
+        self.up_ms, self.down_ms = float(up_ms), float(down_ms)
+
+    def cut(self) -> int:
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            conn.close()
+        return len(connections)
+
+    def refuse(self, on: bool = True) -> None:
+        self.refusing = bool(on)
+
+    def half_open(self, mode: str | None) -> None:
+        if mode not in HALF_OPEN_MODES:
+            raise ValueError(f"half_open mode must be one of {HALF_OPEN_MODES}")
+        self.half_open_mode = mode
+
+    def blackholed(self, conn: _Connection) -> bool:
+        mode = self.half_open_mode
+        return mode == "all" or (mode == "subscribers" and conn.subscriber)
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            connections = list(self._connections)
+        return {"connections": len(connections), "subscribers": sum(c.subscriber for c in connections),
+                "accepted": self.accepted, "up_ms": self.up_ms, "down_ms": self.down_ms,
+                "refusing": self.refusing, "half_open": self.half_open_mode}
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._acceptor.join(timeout=2)
+        self._listener.close()
+        self.cut()
+
+    # internals
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                full = len(self._connections) >= self.max_connections
+            if self.refusing or full:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()  # a reset, as a refused or dropped connection looks
+                continue
+            try:
+                upstream = socket.create_connection((HOST, self.target), timeout=1.0)
+                upstream.settimeout(None)
+            except OSError:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()
+                continue
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Connection(self, client, upstream)
+            with self._lock:
+                self._connections.add(conn)
+                self.accepted += 1
+            conn.start()
+
+    def _forget(self, conn: _Connection) -> None:
+        with self._lock:
+            self._connections.discard(conn)
+
+
+def serve(port: int, target: int, control_port: int) -> None:
+    """Run a proxy and answer JSON-line commands on `control_port` until "stop" or SIGTERM."""
+    proxy = Proxy(port, target).start()
+    control = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    control.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    control.bind((HOST, control_port))
+    control.listen(8)
+    control.settimeout(0.2)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    print("ready", flush=True)
+    while not stopping.is_set():
+        try:
+            sock, _ = control.accept()
+        except socket.timeout:
+            continue
+        with sock, sock.makefile("rwb") as stream:
+            for line in stream:
+                answer = _command(proxy, json.loads(line), stopping)
+                stream.write(json.dumps(answer).encode() + b"\n")
+                stream.flush()
+                if stopping.is_set():
+                    break
+    control.close()
+    proxy.stop()
+
+
+def _command(proxy: Proxy, command: dict[str, Any], stopping: threading.Event) -> dict[str, Any]:
+    name = command.pop("cmd")
+    try:
+        if name == "stop":
+            stopping.set()
+            return {"ok": True}
+        if name == "status":
+            return {"ok": True, **proxy.status()}
+        result = getattr(proxy, name)(**command)
+        return {"ok": True, "result": result}
+    except Exception as error:  # the control channel reports, it never dies
+        return {"ok": False, "error": repr(error)}
+
+
+class ProxyControl:
+    """Client of a proxy process's control port: ``control.delay(up_ms=5, down_ms=5)`` and so on."""
+
+    def __init__(self, control_port: int, timeout: float = 5.0) -> None:
+        self._sock = socket.create_connection((HOST, control_port), timeout=timeout)
+        self._stream = self._sock.makefile("rwb")
+
+    def call(self, cmd: str, **args: Any) -> dict[str, Any]:
+        self._stream.write(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        self._stream.flush()
+        line = self._stream.readline()
+        if not line:
+            raise ConnectionError("the proxy's control connection closed")
+        answer = json.loads(line)
+        if not answer.get("ok"):
+            raise RuntimeError(f"proxy command {cmd} failed: {answer.get('error')}")
+        return answer
+
+    def delay(self, up_ms: float = 0.0, down_ms: float = 0.0) -> None:
+        self.call("delay", up_ms=up_ms, down_ms=down_ms)
+
+    def cut(self) -> int:
+        return self.call("cut")["result"]
+
+    def refuse(self, on: bool = True) -> None:
+        self.call("refuse", on=on)
+
+    def half_open(self, mode: str | None) -> None:
+        self.call("half_open", mode=mode)
+
+    def status(self) -> dict[str, Any]:
+        return self.call("status")
+
+    def reset(self) -> None:
+        """No delay, no refusal, no half-open connections (current connections stay)."""
+        self.delay(0, 0)
+        self.refuse(False)
+        self.half_open(None)
+
+    def close(self) -> None:
+        self._stream.close()
+        self._sock.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--target", type=int, required=True)
+    parser.add_argument("--control", type=int, required=True)
+    args = parser.parse_args(argv)
+    serve(args.port, args.target, args.control)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
