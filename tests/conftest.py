@@ -9,8 +9,10 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import pytest
+import redis
 from sqlalchemy import event
 
+from cache import make_client
 from models import db
 
 pytest.register_assert_rewrite("service.testing")  # before the import below, so its asserts explain themselves
@@ -20,6 +22,7 @@ pytest_plugins = ["service.testing"]
 
 __all__ = ["FAST_HASH", "TEST_SECRET", "FakeClock", "jpeg_bytes"]  # imported by test modules
 
+REDIS_URL_TEST = os.environ.get("REDIS_URL_TEST", "redis://127.0.0.1:6379/15")
 SQLITE = "sqlite"
 POSTGRES_URL = os.environ.get("DATABASE_URL", "")
 BACKENDS = [SQLITE] + (["postgresql"] if POSTGRES_URL.startswith("postgres") else [])
@@ -31,6 +34,20 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     if request.param == SQLITE:
         return f"sqlite:///{tmp_path / 'test.db'}"
     return POSTGRES_URL
+
+
+@pytest.fixture
+def real_redis() -> Iterator[redis.Redis]:
+    """The test Redis (REDIS_URL_TEST), emptied before and after; a test that needs it fails, never skips, without it."""
+    client = make_client(REDIS_URL_TEST, connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        pytest.fail(f"test Redis at {REDIS_URL_TEST} is unreachable: {error}")
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
 
 
 @pytest.fixture

@@ -1,36 +1,25 @@
 """Readers and writers at once against real Redis (and PostgreSQL in CI): no stale reads, no stale sets."""
-import os
 import random
 import threading
 import time
 
 import orjson
 import pytest
-import redis
 
-from cache import keys, make_client
+from cache import keys
 from cache.entries import from_stored
 from models import User, db
 from service.representations import profile_json
 
 pytestmark = pytest.mark.tdd_green
 
-REDIS_URL_TEST = os.environ.get("REDIS_URL_TEST", "redis://127.0.0.1:6379/15")
 RUN_SECONDS = 3.0
 BASE = "http://localhost"
 
 
 @pytest.fixture
-def redis_client():
-    client = make_client(REDIS_URL_TEST, connect_timeout=1.0, socket_timeout=1.0)
-    try:
-        client.ping()
-    except redis.RedisError as error:  # fail, never skip: this test must run
-        pytest.fail(f"test Redis at {REDIS_URL_TEST} is unreachable: {error}")
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+def redis_client(real_redis):
+    return real_redis
 
 
 def _writer(app, headers, user_id, writes, stop):

@@ -1,17 +1,13 @@
 """The cache outbox: every change to the tables records its invalidations, and they reach Redis."""
-import os
 import time
 
 import pytest
-import redis
 from sqlalchemy import text
 
-from cache import EPOCH_KEY, keys, make_client
+from cache import EPOCH_KEY, keys
 from models import CacheOutbox, db
 
 pytestmark = pytest.mark.tdd_green
-
-REDIS_URL_TEST = os.environ.get("REDIS_URL_TEST", "redis://127.0.0.1:6379/15")
 
 
 def outbox_rows(app):
@@ -132,16 +128,8 @@ def test_rows_older_than_the_retention_window_are_purged(app, register):
 
 class TestOnTheRealRedis:
     @pytest.fixture
-    def redis_client(self):
-        client = make_client(REDIS_URL_TEST, connect_timeout=1.0, socket_timeout=1.0)
-        try:
-            client.ping()
-        except redis.RedisError as error:  # fail, never skip: these tests must run
-            pytest.fail(f"test Redis at {REDIS_URL_TEST} is unreachable: {error}")
-        client.flushdb()
-        yield client
-        client.flushdb()
-        client.close()
+    def redis_client(self, real_redis):
+        return real_redis
 
     def test_a_redis_restored_from_an_old_snapshot_is_repaired_before_any_hit(self, app, client, register,
                                                                               redis_client):
