@@ -59,6 +59,7 @@ class NearCache:
         self._tags: dict[str, set[tuple[str, str]]] = {}
         self._bytes = 0
         self.hits = 0
+        self.evictions = 0  # copies dropped to stay within max_bytes (operations counter)
 
     @classmethod
     def for_client(cls, client: redis.Redis, channel: str, **kwargs) -> "NearCache":
@@ -102,6 +103,11 @@ class NearCache:
             self._bytes += size
             while self._bytes > self.max_bytes:
                 self._drop(next(iter(self._entries)))  # oldest copy first
+                self.evictions += 1
+
+    def usage(self) -> tuple[int, int, int]:
+        """(copies held, their bytes, copies evicted so far) for the operations metrics."""
+        return len(self._entries), self._bytes, self.evictions
 
     def close(self) -> None:
         """Drop every copy and the subscribed connection."""

@@ -20,6 +20,7 @@ __all__ = ["NOT_FOUND", "Claim", "Loaded", "Entry", "ReadThroughCache"]
 
 HIT, MISS, LEASE_WAIT, ERROR = "hit", "miss", "lease_wait", "error"
 STALE, LEASE_TIMEOUT = "stale", "lease_timeout"  # stats-only kinds of "miss": fill refused; waiter gave up
+NEAR_HIT, BYPASS = "near_hit", "bypass"  # stats: a hit from this process's copy; Redis not tried (breaker, replay)
 _HIT, _GRANTED = 1, 3  # LOOKUP script statuses (2: another reader holds the lease)
 
 
@@ -60,6 +61,7 @@ class ReadThroughCache:
         self.near = near
         self._invalidator = Invalidator(client, self._scripts, self.breaker, clock,
                                         max(1, int(generation_ttl * 1000)))
+        self._queued_families: set[str] = set()  # stats: families with invalidations waiting for replay
 
     def get_or_load(self, family: str, key: str, loader: Callable[[], Loaded], *,
                     variant: str = "", generation_key: str | None = None, claim: Claim | None = None) -> Entry:
@@ -71,7 +73,7 @@ class ReadThroughCache:
         if claim is not None:
             return self._resolve(family, variant, claim, loader)
         if not self._usable():
-            return self._bypass(family, loader)
+            return self._bypass(family, loader, BYPASS)
         try:
             if generation_key is None:
                 raw = self.client.hget(key, variant)
@@ -107,7 +109,7 @@ class ReadThroughCache:
         if near is not None:
             entry, stamp = near.get(key, variant)
             if entry is not None:
-                self.stats.record(family, HIT)
+                self.stats.record(family, NEAR_HIT)
                 return entry
         try:
             answer = self._claim(key, variant, generation_key)
@@ -119,8 +121,8 @@ class ReadThroughCache:
             return answer
         self.stats.record(family, HIT)
         entry = from_stored(answer[0], HIT)
-        if stamp is not None:
-            near.put(key, variant, entry, answer[1], stamp)
+        if stamp is not None:  # the copy says where later answers come from (access log)
+            near.put(key, variant, Entry(entry.body, entry.etag, NEAR_HIT), answer[1], stamp)
         return entry
 
     def _claim(self, key: str, variant: str, generation_key: str | None) -> tuple[bytes, int] | Claim:
@@ -156,19 +158,40 @@ class ReadThroughCache:
         is a later issue). A Redis restart without persistence loses the entries
         anyway, so the queue only matters for network faults.
         """
+        families = list(families)
         for family in families:
             self.stats.record_invalidation(family)
-        return self._invalidator.invalidate(list(keys), list(generations))
+        delivered = self._invalidator.invalidate(list(keys), list(generations))
+        self._count_outcomes(families, delivered)
+        return delivered
+
+    def _count_outcomes(self, families: list[str], delivered: bool) -> None:
+        """Stats: this invalidation delivered or queued; queued ones "retried" once the queue is empty."""
+        for family in families:
+            self.stats.record_invalidation_outcome(family, "delivered" if delivered else "queued")
+        if not delivered:
+            self._queued_families.update(families)
+        elif self._queued_families and not self._invalidator.pending:
+            self._replayed()
+
+    def _replayed(self) -> None:
+        for family in sorted(self._queued_families):
+            self.stats.record_invalidation_outcome(family, "retried")
+        self._queued_families.clear()
 
     def _usable(self) -> bool:
         """Whether this lookup may use Redis: queued invalidations must be replayed first."""
         if not self._invalidator.pending:
             return self.breaker.allow()
-        return self._invalidator.replay()
+        replayed = self._invalidator.replay()
+        if replayed and self._queued_families:
+            self._replayed()
+        return replayed
 
     def _load_and_fill(self, family: str, hash_key: bytes, variant: str, token: str,
                        loader: Callable[[], Loaded]) -> Entry:
         """Holder of the lease: load, then write only if the lease survived (no stale set)."""
+        started = time.perf_counter()
         try:
             loaded = loader()
             entry, stored = from_loaded(loaded, MISS)
@@ -186,11 +209,14 @@ class ReadThroughCache:
         except redis.RedisError:
             self.breaker.record_failure()
             self.stats.record(family, ERROR)
+            self.stats.record_fill(family, "error", time.perf_counter() - started)
             return Entry(entry.body, entry.etag, ERROR)
         self.breaker.record_success()
         # Refused: an invalidation deleted the hash (and our lease) while we loaded,
         # so what we loaded may predate the write; return it but never store it.
         self.stats.record(family, MISS if filled else STALE)
+        self.stats.record_fill(family, ("stored" if ttl_ms > 0 else "uncacheable") if filled else "refused",
+                               time.perf_counter() - started)
         return entry
 
     def _wait(self, family: str, hash_key: bytes, variant: str,
@@ -218,9 +244,9 @@ class ReadThroughCache:
         # Not the lease holder: filling could overwrite a fresher value.
         return from_loaded(loader(), MISS)[0]
 
-    def _bypass(self, family: str, loader: Callable[[], Loaded]) -> Entry:
-        entry = from_loaded(loader(), ERROR)[0]
-        self.stats.record(family, ERROR)
+    def _bypass(self, family: str, loader: Callable[[], Loaded], result: str = ERROR) -> Entry:
+        entry = from_loaded(loader(), result)[0]
+        self.stats.record(family, result)
         return entry
 
     def _release(self, hash_key: bytes, variant: str, token: str) -> None:

@@ -20,7 +20,9 @@ from service.errors import register_error_handlers
 from service.extension import EXTENSION, Services
 from service.fast_path import CachedReads
 from service.storage import LocalStorage
-from service.telemetry import ENDPOINT, Telemetry, Timed
+from service.audit import Auditor
+from service.logging_setup import configure_logging
+from service.telemetry import ENDPOINT, Observed, Telemetry, default_instance
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
 
@@ -46,6 +48,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     app.url_map.converters["id"] = IdConverter
     app.json.sort_keys = False
 
+    configure_logging(app.config["LOG_LEVEL"])
     db.init_app(app)
     Migrate(app, db, directory=MIGRATIONS)
     invalidation.listen()
@@ -60,7 +63,12 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
                              wait_timeout=settings["CACHE_LEASE_WAIT"],
                              near=make_near_cache(client, max_bytes=settings["CACHE_NEAR_MAX_BYTES"]))
     telemetry = Telemetry(cache.stats, client, interval=settings["METRICS_FLUSH_INTERVAL"],
+                          instance=settings["METRICS_INSTANCE"] or default_instance(),
+                          metrics_dir=settings["METRICS_DIR"], breaker=breaker, near=cache.near,
+                          embedded=redis_client is None and settings["REDIS_URL"] is None,
                           redis_ok=lambda: breaker.state == "closed")
+    audit = Auditor(app, cache.stats, client, fraction=settings["CACHE_AUDIT_FRACTION"],
+                    grace=settings["CACHE_AUDIT_GRACE"])
     app.extensions[EXTENSION] = Services(
         cache=cache,
         redis=client,
@@ -68,6 +76,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
         clock=settings.get("CLOCK", models_base.utcnow),
         telemetry=telemetry,
         rng=random.Random(),
+        audit=audit,
     )
 
     from service import auth, flyers, health, media, openapi, operations, profiles
@@ -84,8 +93,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     from service.commands import register_commands
     register_commands(app)
     if app.config["CACHE_FAST_PATH"]:
-        app.wsgi_app = CachedReads(app.wsgi_app, cache, app.config)
-    app.wsgi_app = Timed(app.wsgi_app, telemetry)
+        app.wsgi_app = CachedReads(app.wsgi_app, cache, app.config, audit=audit)
+    app.wsgi_app = Observed(app.wsgi_app, telemetry, access_sample=settings["ACCESS_LOG_SAMPLE"])
     return app
 
 

@@ -13,6 +13,7 @@ from models import User, db
 from service.errors import Conflict, Forbidden, Unauthorized
 from service.http import json_body, json_response
 from service.schemas import LoginSchema, RegisterSchema
+from service.telemetry import USER_ID
 
 bp = Blueprint("auth", __name__, url_prefix="/api/v1/auth")
 
@@ -45,6 +46,7 @@ def caller_id() -> int:
     user_id = claims["user_id"]
     if not isinstance(user_id, int) or isinstance(user_id, bool) or user_id < 1:
         raise Unauthorized("Invalid token")
+    request.environ[USER_ID] = user_id  # for the access log
     return user_id
 
 

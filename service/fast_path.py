@@ -15,9 +15,11 @@ from werkzeug.sansio.utils import get_host
 
 from cache import Entry, ReadThroughCache
 from service.http import NO_CACHE, etag_matches
-from service.reads import PEEK, Lookup, flyer_lookup, page_lookup, profile_lookup
+from service.audit import Auditor, Job
+from service.reads import (PEEK, RELOAD, Lookup, flyer_lookup, page_lookup, profile_lookup, read_creator_page,
+                           read_flyer, read_profile)
 from service.schemas import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
-from service.telemetry import ENDPOINT
+from service.telemetry import CACHE_RESULT, ENDPOINT
 
 ROUTE = re.compile(r"/api/v1/(?:users/([1-9][0-9]{0,17})/(profile|flyers)|flyers/([1-9][0-9]{0,17}))/?")
 PAGE_ARG = re.compile(r"(page|page_size)=([1-9][0-9]{0,8})")
@@ -39,10 +41,14 @@ def _page_args(query: str) -> tuple[int, int] | None:
 class CachedReads:
     """WSGI middleware: serve GET hits of profiles, creator pages and flyers from the cache."""
 
-    def __init__(self, app: Callable, cache: ReadThroughCache, config: Mapping[str, Any]) -> None:
+    def __init__(self, app: Callable, cache: ReadThroughCache, config: Mapping[str, Any], *,
+                 audit: Auditor | None = None) -> None:
         self.app = app
         self.cache = cache
         self.config = config
+        self.audit = audit
+        self.audit_fraction = audit.fraction if audit is not None else 0.0
+        self._sample = audit.sample if audit is not None else None
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         lookup = self._lookup(environ) if environ["REQUEST_METHOD"] == "GET" else None
@@ -55,6 +61,9 @@ class CachedReads:
                 environ[PEEK] = entry
             return self.app(environ, start_response)
         environ[ENDPOINT] = lookup.endpoint
+        environ[CACHE_RESULT] = entry.result
+        if self.audit_fraction and self._sample() < self.audit_fraction:  # the staleness audit's sample
+            self._submit_audit(environ, lookup, entry)
         etag = f'"{entry.etag}"'
         if_none_match = environ.get("HTTP_IF_NONE_MATCH")
         if if_none_match and etag_matches(if_none_match, entry.etag):
@@ -64,13 +73,22 @@ class CachedReads:
                                   ("ETag", etag), ("Cache-Control", NO_CACHE)])
         return [entry.body]
 
+    def _base(self, environ: dict[str, Any]) -> str:
+        return self.config["PUBLIC_BASE_URL"] or "{}://{}".format(environ["wsgi.url_scheme"], get_host(
+            environ["wsgi.url_scheme"], environ.get("HTTP_HOST"),
+            (environ.get("SERVER_NAME", ""), int(environ.get("SERVER_PORT") or 0))))
+
+    def _submit_audit(self, environ: dict[str, Any], lookup: Lookup, entry: Entry) -> None:
+        """Queue a sampled hit for the staleness audit: it re-reads this route from the database later."""
+        path, query, base = environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""), self._base(environ)
+        self.audit.submit(Job(lookup.family, lookup.key, lookup.variant, lookup.generation_key, entry.etag,
+                              lambda: _reread(path, query, base)))
+
     def _lookup(self, environ: dict[str, Any]) -> Lookup | None:
         match = ROUTE.fullmatch(environ.get("PATH_INFO", ""))
         if match is None:
             return None
-        base = self.config["PUBLIC_BASE_URL"] or "{}://{}".format(environ["wsgi.url_scheme"], get_host(
-            environ["wsgi.url_scheme"], environ.get("HTTP_HOST"),
-            (environ.get("SERVER_NAME", ""), int(environ.get("SERVER_PORT") or 0))))
+        base = self._base(environ)
         query = environ.get("QUERY_STRING", "")
         if match[3]:
             return flyer_lookup(int(match[3]), base) if not query else None
@@ -78,3 +96,14 @@ class CachedReads:
             return profile_lookup(int(match[1]), base) if not query else None
         args = _page_args(query)
         return page_lookup(int(match[1]), args[0], args[1], base) if args else None
+
+
+def _reread(path: str, query: str, base: str) -> str | None:
+    """ETag of this route's answer loaded from the database now (the staleness audit; runs in an app context)."""
+    match = ROUTE.fullmatch(path)
+    if match[3]:
+        return read_flyer(int(match[3]), base, RELOAD).etag
+    if match[2] == "profile":
+        return read_profile(int(match[1]), base, RELOAD).etag
+    page, page_size = _page_args(query)
+    return read_creator_page(int(match[1]), page, page_size, base, RELOAD).etag
