@@ -1,7 +1,15 @@
-"""Gunicorn hooks for benchmark runs only: export per-worker counters (see bench/counters.py).
+"""Gunicorn hooks: the instance's metrics directory, and for benchmark runs per-worker counters.
 
 Loaded with ``-c python:bench.gunicorn_conf``; it changes no server setting (workers, bind
-and worker class come from the command line). Without BENCH_COUNTERS_DIR it does nothing.
+and worker class come from the command line).
+
+Metrics (always): the master makes a metrics directory of its own when the config is loaded
+(before any worker forks) and exports it as ``METRICS_DIR``, so ``/metrics`` sums this
+instance's workers (``service.telemetry``); a worker that exits writes its last counts, the
+master marks it dead (its gauges stop counting, its counters stay) and removes the directory
+when it stops. ``deploy/gunicorn.conf.py`` loads the same hooks for production.
+
+Benchmark counters: without BENCH_COUNTERS_DIR nothing more happens.
 Cost inside a worker: one Python call per SQL statement and per pool checkout, and a
 thread that copies the service's cache counters every 20 ms, so the service's hits run no
 extra code; in the flask-caching baseline one Python call per cache get.
@@ -15,6 +23,25 @@ import threading
 import time
 
 from bench.counters import INDEX, RESULTS, SIZE
+
+if not os.environ.get("METRICS_DIR"):
+    from service.telemetry import gunicorn_make_metrics_dir
+    gunicorn_make_metrics_dir()
+
+
+def child_exit(server, worker) -> None:
+    from service.telemetry import gunicorn_mark_process_dead
+    gunicorn_mark_process_dead(worker.pid)
+
+
+def worker_exit(server, worker) -> None:
+    from service.telemetry import gunicorn_worker_exit
+    gunicorn_worker_exit()
+
+
+def on_exit(server) -> None:
+    from service.telemetry import gunicorn_remove_metrics_dir
+    gunicorn_remove_metrics_dir()
 
 
 def post_worker_init(worker) -> None:

@@ -123,6 +123,7 @@ def summarize(fields: dict[str, float], seconds: float | None) -> dict[str, Any]
     requests = sum(e["requests"] for e in endpoints.values())
     errors = sum(e["errors"] for e in endpoints.values())
     all_latency = [sum(c) for c in zip(*parts["lat"].values())] if parts["lat"] else []
+    open_seconds = round(fields.get("breaker_open_seconds", 0.0), 3)
     lookups = sum(f["lookups"] for f in families.values())
     hits = sum(f["hits"] for f in families.values())
     near = sum(f["near_hits"] for f in families.values())
@@ -133,7 +134,7 @@ def summarize(fields: dict[str, float], seconds: float | None) -> dict[str, Any]
         "p50": quantile(0.5, all_latency), "p95": quantile(0.95, all_latency), "p99": quantile(0.99, all_latency),
         "invalidations": sum(f["invalidations"] for f in families.values()),
         "audit": {r: sum(f["audit"][r] for f in families.values()) for r in ("fresh", "stale")},
-        "families": families, "endpoints": endpoints}
+        "breaker_open_seconds": open_seconds, "families": families, "endpoints": endpoints}
 
 
 def _series(buckets: list[tuple[int, dict]], now: float, step: int) -> list[dict[str, Any]]:
@@ -148,7 +149,7 @@ def _series(buckets: list[tuple[int, dict]], now: float, step: int) -> list[dict
         points.append({"time": _iso(start), "seconds": round(seconds, 3), "partial": seconds < step,
                        **{k: summary[k] for k in ("lookups", "hits", "hit_rate", "near_share", "requests",
                                                    "requests_per_second", "errors", "p50", "p95", "p99",
-                                                   "invalidations", "audit")},
+                                                   "invalidations", "audit", "breaker_open_seconds")},
                        "families": {f: {k: v[k] for k in ("lookups", "hits", "hit_rate")}
                                     for f, v in summary["families"].items()}})
     return points
@@ -231,6 +232,8 @@ class InstanceCollector:
                                                  "and outcome (delivered, queued, retried)", labels=["family", "outcome"]),
             "fill": CounterMetricFamily("cache_fills", "Lease holders' loads and fills by key family and outcome "
                                         "(stored, refused, uncacheable, error)", labels=["family", "outcome"]),
+            "breaker_open_seconds": CounterMetricFamily(
+                "cache_breaker_open_seconds", "Seconds the worker processes' Redis breakers were open or probing"),
             "audit": CounterMetricFamily("cache_audit", "Staleness audits of sampled cache hits by key family and "
                                          "result (fresh, stale, dropped, unverified)", labels=["family", "result"]),
         }

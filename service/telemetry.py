@@ -127,13 +127,16 @@ class Telemetry:
         self._ring: deque[tuple[int, dict[str, float]]] = deque()
         self._due = 0.0
         self._pusher_pid = 0
+        self._last_push = 0.0
+        self._open_seconds = 0.0  # time this process's breaker was not closed, sampled at each push
         _live.add(self)
 
     # -- what this process counted ---------------------------------------------------------
 
     def fields(self) -> dict[str, float]:
         """Every counter of this process as flat fields (cache's and requests')."""
-        return {**self.stats.fields(), **latency_fields(self.latency.snapshot())}
+        return {**self.stats.fields(), **latency_fields(self.latency.snapshot()),
+                "breaker_open_seconds": self._open_seconds}
 
     def gauges(self) -> dict[str, Any]:
         """This process's breaker state and near-cache size."""
@@ -145,7 +148,8 @@ class Telemetry:
 
     def snapshot(self) -> dict[str, Any]:
         """This process's cumulative counts, as written to its snapshot file."""
-        return {"pid": os.getpid(), "written": self._clock(), "counters": self.stats.fields(),
+        return {"pid": os.getpid(), "written": self._clock(),
+                "counters": {**self.stats.fields(), "breaker_open_seconds": self._open_seconds},
                 "fill": self.stats.fill_histograms(), "latency": self.latency.snapshot(), "gauges": self.gauges()}
 
     # -- per instance: snapshot files --------------------------------------------------------
@@ -189,6 +193,9 @@ class Telemetry:
         with self._push_lock:
             now = self._clock()
             self._due = now + self.interval
+            if self._last_push and getattr(self.breaker, "state", "closed") != "closed":
+                self._open_seconds += now - self._last_push
+            self._last_push = now
             try:
                 self.write_snapshot()
             except OSError:
