@@ -208,7 +208,8 @@ class Telemetry:
             try:
                 push_deltas(self.client, deltas(fields, self._pushed), now)
                 report = {"instance": self.instance, "pid": os.getpid(), "seen": now, **self.gauges()}
-                self.client.hset(keys.stats_processes_key(), f"{self.instance}|{os.getpid()}", orjson.dumps(report))
+                self.client.hset(keys.stats_processes_key(), f"{self.instance}|{os.getpid()}|{self._token}",
+                                orjson.dumps(report))
             except redis.RedisError:
                 return False
             self._pushed = fields
