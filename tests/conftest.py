@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import urllib.request
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
@@ -168,3 +170,43 @@ def jpeg_bytes(size: tuple[int, int] = (800, 600), color: tuple[int, int, int] =
 @pytest.fixture
 def jpeg() -> bytes:
     return jpeg_bytes()
+
+
+# -- real servers of the operations tests (gunicorn instances, Prometheus) -----------------------
+
+@pytest.fixture(scope="module")
+def gunicorn_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any, list[int]]]:
+    """Two gunicorn instances (2 workers each) sharing one real Redis (REDIS_URL_TEST) and one database,
+    and the ids of 10 users registered through them."""
+    import redis as redis_py
+
+    from tests.ops_servers import Instance, get
+
+    redis_url = os.environ.get("REDIS_URL_TEST", "redis://127.0.0.1:6379/15")
+    redis_py.Redis.from_url(redis_url).flushdb()  # fails (does not skip) without a Redis
+    database = f"sqlite:///{tmp_path_factory.mktemp('ops') / 'ops.db'}"
+    app = create_app({"SQLALCHEMY_DATABASE_URI": database}, redis_client=fakeredis.FakeRedis())
+    with app.app_context():
+        db.create_all()
+        db.engine.dispose()
+    env = {"DATABASE_URL": database, "REDIS_URL": redis_url, "RATE_LIMIT_ENABLED": "false",
+           "PASSWORD_HASH_METHOD": FAST_HASH, "SECRET_KEY": TEST_SECRET, "METRICS_FLUSH_INTERVAL": "0.2",
+           "CACHE_AUDIT_FRACTION": "0", "METRICS_DIR": ""}
+    first = Instance(env)
+    second = None
+    try:
+        second = Instance(env)
+        users = []
+        for n in range(10):
+            request = urllib.request.Request(
+                first.url + "/api/v1/auth/register", method="POST", headers={"Content-Type": "application/json"},
+                data=json.dumps({"email": f"ops{n}@example.com", "password": "password123",
+                                 "username": f"ops{n}"}).encode())
+            with urllib.request.urlopen(request, timeout=10) as response:
+                users.append(json.loads(response.read())["user_id"])
+        assert get(second.url + "/healthz")[0] == 200
+        yield first, second, users
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
