@@ -210,3 +210,15 @@ def gunicorn_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[An
         first.stop()
         if second is not None:
             second.stop()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """Headless Chromium (Debian's /usr/bin/chromium) driven by Playwright; fails without it."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"),
+                                             args=["--no-sandbox"])
+        yield browser
+        browser.close()
