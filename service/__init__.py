@@ -68,7 +68,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
                           embedded=redis_client is None and settings["REDIS_URL"] is None,
                           redis_ok=lambda: breaker.state == "closed")
     audit = Auditor(app, cache.stats, client, fraction=settings["CACHE_AUDIT_FRACTION"],
-                    grace=settings["CACHE_AUDIT_GRACE"])
+                    grace=settings["CACHE_AUDIT_GRACE"], max_per_second=settings["CACHE_AUDIT_MAX_PER_SECOND"])
     app.extensions[EXTENSION] = Services(
         cache=cache,
         redis=client,
@@ -94,7 +94,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     register_commands(app)
     if app.config["CACHE_FAST_PATH"]:
         app.wsgi_app = CachedReads(app.wsgi_app, cache, app.config, audit=audit)
-    app.wsgi_app = Observed(app.wsgi_app, telemetry, access_sample=settings["ACCESS_LOG_SAMPLE"])
+    app.wsgi_app = Observed(app.wsgi_app, telemetry, access_sample=settings["ACCESS_LOG_SAMPLE"],
+                            wrapped=not app.config["CACHE_FAST_PATH"])  # the fast path does it for its hits
     return app
 
 

@@ -14,7 +14,10 @@ daemon thread per process does the rest, off the request path:
    cache still serves the audited body and the database still says otherwise: "stale".
    If the cache moved on (invalidated, refilled): "fresh" (the write was in flight).
 
-Results are counted as ``cache_audit_total{family,result}``; dropped jobs as result "dropped".
+Results are counted as ``cache_audit_total{family,result}``; dropped jobs (queue full) as result
+"dropped", audits that could not read Redis for the re-check as "unverified". At most
+``CACHE_AUDIT_MAX_PER_SECOND`` hits a second per process are audited (default 5): each audit
+costs a database read (about what a miss costs), so this bounds its CPU.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from cache import keys
 
 log = logging.getLogger(__name__)
 
-FRESH, STALE, DROPPED = "fresh", "stale", "dropped"
+FRESH, STALE, DROPPED, UNVERIFIED = "fresh", "stale", "dropped", "unverified"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +54,7 @@ class Auditor:
     """A bounded queue of sampled hits and the daemon thread that audits them (started on first use per process)."""
 
     def __init__(self, app: Any, stats: Any, client: redis.Redis, *, fraction: float, grace: float = 1.0,
-                 capacity: int = 100, random_: Callable[[], float] | None = None) -> None:
+                 max_per_second: float = 5.0, capacity: int = 100, random_: Callable[[], float] | None = None) -> None:
         import random
         self.app = app
         self.stats = stats
@@ -59,12 +62,22 @@ class Auditor:
         self.fraction = fraction
         self.grace = grace
         self.sample = random_ or random.random
+        self._spacing = 1.0 / max_per_second if max_per_second > 0 else 0.0
+        self._next = 0.0
         self._queue: queue.Queue[Job] = queue.Queue(maxsize=capacity)
         self._pid = 0
         self._lock = threading.Lock()
 
     def submit(self, job: Job) -> None:
-        """Queue a sampled hit; never blocks (a full queue drops the job)."""
+        """Queue a sampled hit; never blocks (a full queue drops the job).
+
+        At most ``max_per_second`` jobs a second are taken (a sampled hit beyond that is simply
+        not audited), which bounds the audit's database reads and CPU whatever the traffic.
+        """
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self._spacing
         if self._pid != os.getpid():
             self._start()
         try:
@@ -100,11 +113,17 @@ class Auditor:
             if job.reread() == job.etag:
                 return self._count(job, FRESH)
             time.sleep(self.grace)
-            if self._live_etag(job) != job.etag:
+            live = self._live_etag(job)
+            if live is UNVERIFIED:
+                return self._count(job, UNVERIFIED)
+            if live != job.etag:
                 return self._count(job, FRESH)  # invalidated or refilled since: a write was in flight
             if job.reread() == job.etag:
                 return self._count(job, FRESH)
-            if self._live_etag(job) != job.etag:
+            live = self._live_etag(job)
+            if live is UNVERIFIED:
+                return self._count(job, UNVERIFIED)
+            if live != job.etag:
                 return self._count(job, FRESH)
         log.error("staleness audit: the cache serves an answer the database no longer gives",
                   extra={"family": job.family, "key": job.key, "etag": job.etag})
@@ -115,14 +134,14 @@ class Auditor:
         return result
 
     def _live_etag(self, job: Job) -> str | None:
-        """The ETag Redis holds for the job's entry now (None: gone, or Redis unavailable)."""
+        """The ETag Redis holds for the job's entry now (None: gone; UNVERIFIED: Redis unavailable)."""
         try:
             key = job.key
             if job.generation_key is not None:
                 key = keys.generation_hash_key(job.key, self.client.get(job.generation_key) or b"0")
             raw = self.client.hget(key, job.variant)
         except redis.RedisError:
-            return None
+            return UNVERIFIED
         if raw is None or raw == keys.NEGATIVE_MARKER:
             return None
         from cache.entries import ETAG_LENGTH

@@ -39,6 +39,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "METRICS_INSTANCE": env.get("METRICS_INSTANCE") or None,
         "CACHE_AUDIT_FRACTION": float(env.get("CACHE_AUDIT_FRACTION", "0.01")),
         "CACHE_AUDIT_GRACE": float(env.get("CACHE_AUDIT_GRACE", "1")),
+        "CACHE_AUDIT_MAX_PER_SECOND": float(env.get("CACHE_AUDIT_MAX_PER_SECOND", "5")),
         "LOG_LEVEL": env.get("LOG_LEVEL", "INFO"),
         "ACCESS_LOG_SAMPLE": float(env.get("ACCESS_LOG_SAMPLE", "1")),
         "CACHE_LEASE_TTL": float(env.get("CACHE_LEASE_TTL", "2")),

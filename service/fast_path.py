@@ -19,7 +19,7 @@ from service.audit import Auditor, Job
 from service.reads import (PEEK, RELOAD, Lookup, flyer_lookup, page_lookup, profile_lookup, read_creator_page,
                            read_flyer, read_profile)
 from service.schemas import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
-from service.telemetry import CACHE_RESULT, ENDPOINT
+from service.telemetry import CACHE_RESULT, ENDPOINT, REQUEST_ID, STATUS, observing
 
 ROUTE = re.compile(r"/api/v1/(?:users/([1-9][0-9]{0,17})/(profile|flyers)|flyers/([1-9][0-9]{0,17}))/?")
 PAGE_ARG = re.compile(r"(page|page_size)=([1-9][0-9]{0,8})")
@@ -39,7 +39,11 @@ def _page_args(query: str) -> tuple[int, int] | None:
 
 
 class CachedReads:
-    """WSGI middleware: serve GET hits of profiles, creator pages and flyers from the cache."""
+    """WSGI middleware: serve GET hits of profiles, creator pages and flyers from the cache.
+
+    It runs inside ``telemetry.Observed(wrapped=False)``: an answer made here adds
+    ``X-Request-ID`` and sets ``environ[STATUS]`` itself; what goes on to Flask is wrapped.
+    """
 
     def __init__(self, app: Callable, cache: ReadThroughCache, config: Mapping[str, Any], *,
                  audit: Auditor | None = None) -> None:
@@ -59,18 +63,22 @@ class CachedReads:
                 # The view answers a miss (its lease already claimed) or a cached 404
                 # without looking the entry up again.
                 environ[PEEK] = entry
-            return self.app(environ, start_response)
+            return self.app(environ, observing(environ, start_response))
         environ[ENDPOINT] = lookup.endpoint
         environ[CACHE_RESULT] = entry.result
         if self.audit_fraction and self._sample() < self.audit_fraction:  # the staleness audit's sample
             self._submit_audit(environ, lookup, entry)
         etag = f'"{entry.etag}"'
         if_none_match = environ.get("HTTP_IF_NONE_MATCH")
+        # Every answer made here carries the request id and notes its status (see telemetry.Observed).
+        request_id = ("X-Request-ID", environ[REQUEST_ID])
         if if_none_match and etag_matches(if_none_match, entry.etag):
-            start_response("304 NOT MODIFIED", [("ETag", etag), ("Cache-Control", NO_CACHE)])
+            environ[STATUS] = "304"
+            start_response("304 NOT MODIFIED", [("ETag", etag), ("Cache-Control", NO_CACHE), request_id])
             return []
+        environ[STATUS] = "200"
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(entry.body))),
-                                  ("ETag", etag), ("Cache-Control", NO_CACHE)])
+                                  ("ETag", etag), ("Cache-Control", NO_CACHE), request_id])
         return [entry.body]
 
     def _base(self, environ: dict[str, Any]) -> str:

@@ -1,4 +1,6 @@
 """/api/v1/cache/stats (fleet-wide, sliding windows), /dashboard, request ids, and the staleness audit."""
+import re
+
 import fakeredis
 import pytest
 from sqlalchemy import text
@@ -165,7 +167,8 @@ def test_a_sane_request_id_is_echoed_on_a_fast_path_hit(client, profile_url):
 def test_an_insane_request_id_is_replaced_by_a_new_one(client, given):
     response = client.get("/healthz", headers={"X-Request-ID": given})
 
-    assert response.headers["X-Request-ID"] != given and len(response.headers["X-Request-ID"]) == 16
+    assert response.headers["X-Request-ID"] != given
+    assert re.fullmatch(r"[0-9a-f]{12}\.0x[0-9a-f]+", response.headers["X-Request-ID"])
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/no/such/route", "/api/v1/users/999/profile", "/metrics"])
@@ -179,7 +182,8 @@ def test_every_answer_carries_a_request_id(client, path):
 
 @pytest.fixture
 def audited(app_config, redis_client):
-    app = create_app({**app_config, "CACHE_AUDIT_FRACTION": 1.0}, redis_client=redis_client)
+    app = create_app({**app_config, "CACHE_AUDIT_FRACTION": 1.0, "CACHE_AUDIT_MAX_PER_SECOND": 0},
+                     redis_client=redis_client)
     with app.app_context():
         db.create_all()
     yield app
@@ -240,6 +244,16 @@ def test_a_write_landing_during_the_audit_is_not_counted_stale(audited):
     result = services.audit.audit(Job("profile", keys.profile_key(user_id), "http://localhost", None, etag, reread))
 
     assert result == "fresh"
+
+
+def test_audits_are_capped_per_second_whatever_the_traffic(audited):
+    client = audited.test_client()
+    user_id, _ = new_user(client)
+    audited.extensions["profile_service"].audit._spacing = 3600.0  # one audit an hour
+
+    read(client, f"/api/v1/users/{user_id}/profile", 6)  # a miss, then five sampled hits
+
+    assert audits(audited) == {"audit|profile|fresh": 1}
 
 
 def test_no_audit_runs_at_a_fraction_of_zero(client, profile_url, app):
