@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import datetime, timezone
 
+import orjson
 from flask import has_request_context, request
 from pythonjsonlogger.json import JsonFormatter
 
@@ -18,6 +20,7 @@ from service.telemetry import REQUEST_ID, USER_ID
 
 LOGGER = "service"
 """The parent of every logger of the service (``service.access``, ``service.errors``, the app's own)."""
+ACCESS_LOGGER = "service.access"
 
 
 class RequestContext(logging.Filter):
@@ -34,15 +37,37 @@ class RequestContext(logging.Filter):
         return True
 
 
+class AccessFormatter(logging.Formatter):
+    """The access line's JSON, the same shape as JsonFormatter's, written with orjson from one dict.
+
+    python-json-logger walks every attribute of every record (~25-80 µs a line here); the
+    access line, written once per request, carries its fields in ``record.access`` instead.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"level": record.levelname, "logger": record.name, "message": record.getMessage(),
+                **getattr(record, "access", {}),
+                "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat()}
+        return orjson.dumps(line).decode()
+
+
+def _handler(formatter: logging.Formatter) -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler._profile_service = True  # type: ignore[attr-defined]
+    handler.setFormatter(formatter)
+    return handler
+
+
 def configure_logging(level: str = "INFO") -> logging.Logger:
     """Send the ``service`` loggers' lines to stderr as JSON at ``level`` (once per process; later calls set the level)."""
     logger = logging.getLogger(LOGGER)
     logger.setLevel(level.upper())
     if not any(getattr(handler, "_profile_service", False) for handler in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler._profile_service = True  # type: ignore[attr-defined]
-        handler.setFormatter(JsonFormatter("%(levelname)s %(name)s %(message)s", timestamp="time",
-                                           rename_fields={"levelname": "level", "name": "logger"}))
+        handler = _handler(JsonFormatter("%(levelname)s %(name)s %(message)s", timestamp="time",
+                                         rename_fields={"levelname": "level", "name": "logger"}))
         handler.addFilter(RequestContext())
         logger.addHandler(handler)
+        access = logging.getLogger(ACCESS_LOGGER)
+        access.addHandler(_handler(AccessFormatter()))
+        access.propagate = False  # its own handler: the general one would write the line again
     return logger

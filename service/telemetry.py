@@ -384,13 +384,16 @@ class Observed:
 
 
 def _log_access(environ: dict[str, Any], endpoint: str, status: str, seconds: float, rid: str) -> None:
+    """One access line (``service.logging_setup.AccessFormatter`` writes ``access`` as its fields)."""
     query = environ.get("QUERY_STRING")
-    access_log.info("request", extra={
+    record = logging.LogRecord("service.access", logging.INFO, __file__, 0, "request", None, None)
+    record.access = {
         "request_id": rid, "method": environ["REQUEST_METHOD"],
         "path": environ.get("PATH_INFO", "") + ("?" + query if query else ""), "endpoint": endpoint,
         "status": int(status) if status.isdigit() else status, "duration_ms": round(seconds * 1000, 3),
         "cache": environ.get(CACHE_RESULT), "user_id": environ.get(USER_ID),
-        "remote_addr": environ.get("REMOTE_ADDR")})
+        "remote_addr": environ.get("REMOTE_ADDR")}
+    access_log.handle(record)  # no caller lookup: the record is made here, cheaply
 
 
 # -- gunicorn hooks (see bench/gunicorn_conf.py and deploy/gunicorn.conf.py) --------------------

@@ -7,7 +7,7 @@ import pytest
 
 from models import db
 from service import create_app
-from service.logging_setup import LOGGER
+from service.logging_setup import ACCESS_LOGGER, LOGGER
 
 pytestmark = pytest.mark.tdd_green
 
@@ -15,15 +15,17 @@ pytestmark = pytest.mark.tdd_green
 @pytest.fixture
 def log_lines():
     """The JSON lines the service's log handler writes, parsed (each must parse)."""
-    handler = next(h for h in logging.getLogger(LOGGER).handlers if getattr(h, "_profile_service", False))
+    handlers = [h for name in (LOGGER, ACCESS_LOGGER) for h in logging.getLogger(name).handlers
+                if getattr(h, "_profile_service", False)]
     stream = io.StringIO()
-    previous = handler.setStream(stream)
+    previous = [handler.setStream(stream) for handler in handlers]
 
     def lines() -> list[dict]:
         return [json.loads(line) for line in stream.getvalue().splitlines()]
 
     yield lines
-    handler.setStream(previous)
+    for handler, old in zip(handlers, previous):
+        handler.setStream(old)
 
 
 def access(lines):
