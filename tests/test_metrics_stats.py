@@ -260,3 +260,10 @@ def test_no_audit_runs_at_a_fraction_of_zero(client, profile_url, app):
     read(client, profile_url, 5)
 
     assert audits(app) == {}
+
+
+def test_the_stats_document_matches_its_openapi_schema(client, profile_url):
+    from service.schemas import CacheStatsSchema
+    read(client, profile_url, 3)
+
+    assert CacheStatsSchema().validate(client.get("/api/v1/cache/stats").json) == {}
