@@ -45,6 +45,8 @@ def on_exit(server) -> None:
 
 
 def post_worker_init(worker) -> None:
+    from service.telemetry import gunicorn_worker_started
+    gunicorn_worker_started()  # this worker counts in /metrics (and its breaker state) before its first request
     directory = os.environ.get("BENCH_COUNTERS_DIR")
     if not directory:
         return

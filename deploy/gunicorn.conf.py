@@ -10,9 +10,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.gunicorn_conf import child_exit, on_exit, worker_exit  # noqa: E402,F401  (the metrics hooks)
+from bench.gunicorn_conf import child_exit, on_exit, post_worker_init, worker_exit  # noqa: E402,F401  (metrics hooks)
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
 worker_class = "sync"
 accesslog = None
+control_socket_disable = True  # one per host path otherwise: instances on one host would share it

@@ -416,6 +416,15 @@ def gunicorn_mark_process_dead(pid: int) -> None:
             os.replace(path, path[:-len(".json")] + ".dead.json")
 
 
+def gunicorn_worker_started() -> None:
+    """A worker has loaded the app: start its timer thread and write its first snapshot now (runs in the worker)."""
+    for telemetry in list(_live):
+        try:
+            telemetry.after_request()
+        except Exception:
+            log.warning("could not start the metrics of this worker", exc_info=True)
+
+
 def gunicorn_worker_exit() -> None:
     """Write this worker's last counts before it exits (runs in the worker)."""
     for telemetry in list(_live):

@@ -64,7 +64,7 @@ class Instance:
         self.log = tempfile.NamedTemporaryFile(prefix="gunicorn-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "python:bench.gunicorn_conf", "--workers", str(workers),
-             "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "5", "wsgi:app"],
+             "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "5", "--no-control-socket", "wsgi:app"],
             cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": ROOT}, stdout=self.log, stderr=subprocess.STDOUT)
         wait_until(lambda: get(self.url + "/healthz")[0] == 200, what=f"gunicorn on {self.url}")
 
