@@ -62,6 +62,11 @@ def configure_logging(level: str = "INFO") -> logging.Logger:
     """Send the ``service`` loggers' lines to stderr as JSON at ``level`` (once per process; later calls set the level)."""
     logger = logging.getLogger(LOGGER)
     logger.setLevel(level.upper())
+    # logging.config.fileConfig (Alembic's env.py runs it for `flask db upgrade`) disables every
+    # logger that exists by then: ours must keep writing.
+    for name, existing in list(logging.root.manager.loggerDict.items()):
+        if (name == LOGGER or name.startswith(LOGGER + ".")) and isinstance(existing, logging.Logger):
+            existing.disabled = False
     if not any(getattr(handler, "_profile_service", False) for handler in logger.handlers):
         handler = _handler(JsonFormatter("%(levelname)s %(name)s %(message)s", timestamp="time",
                                          rename_fields={"levelname": "level", "name": "logger"}))

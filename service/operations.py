@@ -34,6 +34,8 @@ HIT_RESULTS = ("near_hit", "hit", "lease_wait")
 """Lookups answered from the cache: this process's copy, Redis, or Redis after waiting for another reader's fill."""
 VERSION = "0.1.0"
 BREAKER_STATES = ("closed", "open", "half_open")
+PROCESS_FORGOTTEN_AFTER = 600
+"""Seconds after its last report when a process leaves the stats' list (shown as not reporting until then)."""
 _PROCESS_REGISTRY = CollectorRegistry(auto_describe=False)
 """process_* and python_* of the answering process (prometheus_client's own collectors)."""
 for _collector in (ProcessCollector, PlatformCollector, GCCollector):
@@ -168,7 +170,7 @@ def fleet_stats(buckets: list[tuple[int, dict]], totals: dict[str, float], repor
     instances = []
     for report in sorted(reports, key=lambda r: (r.get("instance", ""), r.get("pid", 0))):
         age = now - report.get("seen", 0)
-        if age > 3600:
+        if age > PROCESS_FORGOTTEN_AFTER:
             continue
         instances.append({"instance": report.get("instance"), "pid": report.get("pid"),
                           "breaker": report.get("breaker"), "near_entries": report.get("near_entries", 0),
@@ -193,10 +195,8 @@ def fleet_stats(buckets: list[tuple[int, dict]], totals: dict[str, float], repor
 
 @bp.get("/api/v1/cache/stats")
 def cache_stats() -> Response:
-    telemetry = services().telemetry
-    buckets, totals, reports, scope = telemetry.fleet()
-    return json_response(fleet_stats(buckets, totals, reports, scope, telemetry._clock()),
-                         headers={"Cache-Control": "no-store"})
+    buckets, totals, reports, scope, now = services().telemetry.fleet()
+    return json_response(fleet_stats(buckets, totals, reports, scope, now), headers={"Cache-Control": "no-store"})
 
 
 # -- /metrics ---------------------------------------------------------------------------------

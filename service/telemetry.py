@@ -270,21 +270,22 @@ class Telemetry:
             self._add_to_ring(deltas(fields, self._bucketed), self._clock())
             self._bucketed = fields
 
-    def fleet(self) -> tuple[list, dict, list[dict[str, Any]], str]:
-        """(buckets, totals, process reports, scope) of every process sharing the Redis, or of this one."""
+    def fleet(self) -> tuple[list, dict, list[dict[str, Any]], str, float]:
+        """(buckets, totals, process reports, scope, when) of every process sharing the Redis, or of this one."""
         now = self._clock()
         if self.embedded:
             buckets, totals = self.local_buckets(now)
-            return buckets, totals, [self._own_report(now)], "this process only (no Redis configured)"
+            return buckets, totals, [self._own_report(now)], "this process only (no Redis configured)", now
         try:
             if not self._redis_ok() or not self.push():  # an open breaker: do not wait on Redis here either
                 raise redis.ConnectionError("Redis is unavailable")
+            now = self._clock()  # after the push: its counts are in a bucket this read covers
             buckets, totals = read_buckets(self.client, now, HISTORY_SECONDS)
             reports = [orjson.loads(raw) for raw in self.client.hvals(keys.stats_processes_key())]
         except redis.RedisError:
             buckets, totals = self.local_buckets(now)
-            return buckets, totals, [self._own_report(now)], "this process only (Redis unavailable)"
-        return buckets, totals, reports, "all instances sharing the Redis"
+            return buckets, totals, [self._own_report(now)], "this process only (Redis unavailable)", now
+        return buckets, totals, reports, "all instances sharing the Redis", now
 
     def _own_report(self, now: float) -> dict[str, Any]:
         return {"instance": self.instance, "pid": os.getpid(), "seen": now, **self.gauges()}

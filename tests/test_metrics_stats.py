@@ -181,7 +181,7 @@ def test_every_answer_carries_a_request_id(client, path):
 # -- staleness audit ---------------------------------------------------------------------------
 
 @pytest.fixture
-def audited(app_config, redis_client):
+def audited(app, app_config, redis_client):  # after `app`, which empties the tables
     app = create_app({**app_config, "CACHE_AUDIT_FRACTION": 1.0, "CACHE_AUDIT_MAX_PER_SECOND": 0},
                      redis_client=redis_client)
     with app.app_context():
