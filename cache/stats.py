@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 import redis
 
-from .keys import stats_bucket_key, stats_total_key
+from .keys import stats_bucket_key, stats_processes_key, stats_total_key
 
 BUCKET_SECONDS = 10
 """Width of one Redis counter bucket: windows are sums of whole buckets."""
@@ -113,15 +113,19 @@ def deltas(now: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def push_deltas(client: redis.Redis, changes: dict[str, float], now: float) -> None:
+def push_deltas(client: redis.Redis, changes: dict[str, float], now: float,
+                report: tuple[str, bytes] | None = None) -> None:
     """Add `changes` to the bucket of `now` and to the since-start hash, in one MULTI/EXEC (raises RedisError).
 
     Transactional, so a failure applies nothing and the same deltas can be pushed again.
+    `report` (field, value) is set in the processes hash in the same transaction.
     """
-    if not changes:
+    if not changes and report is None:
         return
     bucket, total = stats_bucket_key(int(now // BUCKET_SECONDS)), stats_total_key()
-    pipe = client.pipeline(transaction=True)  # both keys share the {stats} slot
+    pipe = client.pipeline(transaction=True)  # every key shares the {stats} slot
+    if report is not None:
+        pipe.hset(stats_processes_key(), *report)
     for field, n in changes.items():
         if isinstance(n, float) and not n.is_integer():
             pipe.hincrbyfloat(bucket, field, n)
@@ -129,7 +133,8 @@ def push_deltas(client: redis.Redis, changes: dict[str, float], now: float) -> N
         else:
             pipe.hincrby(bucket, field, int(n))
             pipe.hincrby(total, field, int(n))
-    pipe.expire(bucket, BUCKET_TTL)
+    if changes:
+        pipe.expire(bucket, BUCKET_TTL)
     pipe.execute()
 
 

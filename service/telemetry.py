@@ -235,10 +235,9 @@ class Telemetry:
             if not self._redis_ok():
                 return False
             try:
-                push_deltas(self.client, deltas(fields, self._pushed), now)
-                report = {"instance": self.instance, "pid": os.getpid(), "seen": now, **self.gauges()}
-                self.client.hset(keys.stats_processes_key(), f"{self.instance}|{os.getpid()}|{self._token}",
-                                orjson.dumps(report))
+                report = orjson.dumps({"instance": self.instance, "pid": os.getpid(), "seen": now, **self.gauges()})
+                push_deltas(self.client, deltas(fields, self._pushed), now,
+                            report=(f"{self.instance}|{os.getpid()}|{self._token}", report))
             except redis.RedisError:
                 return False
             self._pushed = fields
