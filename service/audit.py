@@ -26,6 +26,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -89,17 +90,8 @@ class Auditor:
         with self._lock:
             if self._pid != os.getpid():  # threads do not survive a fork
                 self._pid = os.getpid()
-                threading.Thread(target=self._run, name="cache-audit", daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            job = self._queue.get()
-            try:
-                self.audit(job)
-            except Exception:  # an audit must never kill the thread
-                log.warning("staleness audit of %s failed", job.key, exc_info=True)
-            finally:
-                self._queue.task_done()
+                threading.Thread(target=_run, args=(weakref.ref(self), self._queue), name="cache-audit",
+                                 daemon=True).start()
 
     def drain(self, timeout: float = 10.0) -> None:
         """Wait until every queued job is audited (tests, shutdown)."""
@@ -146,3 +138,25 @@ class Auditor:
             return None
         from cache.entries import ETAG_LENGTH
         return raw[:ETAG_LENGTH].decode("ascii")
+
+
+def _run(auditor: "weakref.ref[Auditor]", jobs: "queue.Queue[Job]") -> None:
+    """The audit thread: audit queued jobs while the Auditor (and its app) lives, then end."""
+    while True:
+        try:
+            job = jobs.get(timeout=5)
+        except queue.Empty:
+            if auditor() is None:
+                return
+            continue
+        alive = auditor()
+        try:
+            if alive is not None:
+                alive.audit(job)
+        except Exception:  # an audit must never kill the thread
+            log.warning("staleness audit of %s failed", job.key, exc_info=True)
+        finally:
+            jobs.task_done()
+        if alive is None:
+            return
+        del alive
