@@ -163,6 +163,31 @@ def test_a_sane_request_id_is_echoed_on_a_fast_path_hit(client, profile_url):
     assert response.headers["X-Request-ID"] == "abc-123.X_y"
 
 
+def test_a_fast_path_304_carries_the_request_id_and_is_counted_as_304(client, profile_url):
+    etag = client.get(profile_url).headers["ETag"]
+
+    response = client.get(profile_url, headers={"If-None-Match": etag, "X-Request-ID": "r-304"})
+
+    assert response.status_code == 304 and response.headers["X-Request-ID"] == "r-304"
+    minute = client.get("/api/v1/cache/stats").json["windows"]["last_minute"]
+    assert minute["endpoints"]["profiles.get_profile"]["statuses"] == {"200": 1, "304": 1}
+
+
+def test_without_the_fast_path_answers_still_carry_the_request_id(app_config, redis_client):
+    app = create_app({**app_config, "CACHE_FAST_PATH": False}, redis_client=redis_client)
+    with app.app_context():
+        db.create_all()
+    client = app.test_client()
+
+    response = client.get("/healthz", headers={"X-Request-ID": "slow-path"})
+    stats = client.get("/api/v1/cache/stats").json
+    with app.app_context():
+        db.engine.dispose()
+
+    assert response.headers["X-Request-ID"] == "slow-path"
+    assert stats["windows"]["last_minute"]["endpoints"]["health.healthz"]["statuses"] == {"200": 1}
+
+
 @pytest.mark.parametrize("given", ["has space", "x" * 129, "semi;colon", ""])
 def test_an_insane_request_id_is_replaced_by_a_new_one(client, given):
     response = client.get("/healthz", headers={"X-Request-ID": given})
