@@ -19,7 +19,7 @@ from service.audit import Auditor, Job
 from service.reads import (PEEK, RELOAD, Lookup, flyer_lookup, page_lookup, profile_lookup, read_creator_page,
                            read_flyer, read_profile)
 from service.schemas import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
-from service.telemetry import CACHE_RESULT, ENDPOINT, REQUEST_ID, STATUS, observing
+from service.telemetry import CACHE_RESULT, LABELS, REQUEST_ID, observing
 
 ROUTE = re.compile(r"/api/v1/(?:users/([1-9][0-9]{0,17})/(profile|flyers)|flyers/([1-9][0-9]{0,17}))/?")
 PAGE_ARG = re.compile(r"(page|page_size)=([1-9][0-9]{0,8})")
@@ -42,7 +42,8 @@ class CachedReads:
     """WSGI middleware: serve GET hits of profiles, creator pages and flyers from the cache.
 
     It runs inside ``telemetry.Observed(wrapped=False)``: an answer made here adds
-    ``X-Request-ID`` and sets ``environ[STATUS]`` itself; what goes on to Flask is wrapped.
+    ``X-Request-ID`` and sets its latency labels (``environ[LABELS]``) itself; what goes on to
+    Flask is wrapped (``observing``).
     """
 
     def __init__(self, app: Callable, cache: ReadThroughCache, config: Mapping[str, Any], *,
@@ -53,6 +54,13 @@ class CachedReads:
         self.audit = audit
         self.audit_fraction = audit.fraction if audit is not None else 0.0
         self._sample = audit.sample if audit is not None else None
+        self._ok: dict[str, tuple[str, str, str]] = {}  # endpoint: its latency labels for a 200, made once
+
+    def _labels(self, endpoint: str, status: str) -> tuple[str, str, str]:
+        labels = (endpoint, "GET", status)
+        if status == "200":
+            self._ok[endpoint] = labels
+        return labels
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         lookup = self._lookup(environ) if environ["REQUEST_METHOD"] == "GET" else None
@@ -64,7 +72,6 @@ class CachedReads:
                 # without looking the entry up again.
                 environ[PEEK] = entry
             return self.app(environ, observing(environ, start_response))
-        environ[ENDPOINT] = lookup.endpoint
         environ[CACHE_RESULT] = entry.result
         if self.audit_fraction and self._sample() < self.audit_fraction:  # the staleness audit's sample
             self._submit_audit(environ, lookup, entry)
@@ -73,10 +80,10 @@ class CachedReads:
         # Every answer made here carries the request id and notes its status (see telemetry.Observed).
         request_id = ("X-Request-ID", environ[REQUEST_ID])
         if if_none_match and etag_matches(if_none_match, entry.etag):
-            environ[STATUS] = "304"
+            environ[LABELS] = self._labels(lookup.endpoint, "304")
             start_response("304 NOT MODIFIED", [("ETag", etag), ("Cache-Control", NO_CACHE), request_id])
             return []
-        environ[STATUS] = "200"
+        environ[LABELS] = self._ok.get(lookup.endpoint) or self._labels(lookup.endpoint, "200")
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(entry.body))),
                                   ("ETag", etag), ("Cache-Control", NO_CACHE), request_id])
         return [entry.body]

@@ -47,6 +47,8 @@ REQUEST_ID = "profile_service.request_id"
 """WSGI environ key of the request id (taken from ``X-Request-ID`` when sane, else made)."""
 CACHE_RESULT = "profile_service.cache"
 """WSGI environ key of the cache's answer for this request (near_hit, hit, miss, ...), for the access log."""
+LABELS = "profile_service.labels"
+"""WSGI environ key of a ready (endpoint, method, status) tuple: the fast path sets it for its answers."""
 STATUS = "profile_service.status"
 """WSGI environ key of the answer's status code (3 characters), for the latency histogram and the access log."""
 USER_ID = "profile_service.user_id"
@@ -104,8 +106,11 @@ class Latency:
         self._counts: dict[tuple[str, str, str], list[float]] = {}  # [count per bucket..., sum]
 
     def observe(self, endpoint: str, method: str, status: str, seconds: float) -> None:
+        self.observe_key((endpoint, method, status), seconds)
+
+    def observe_key(self, key: tuple[str, str, str], seconds: float) -> None:
+        """`observe` with the (endpoint, method, status) tuple made by the caller (the fast path keeps its own)."""
         index = bisect.bisect_left(BUCKETS, seconds)
-        key = (endpoint, method, status)
         with self._lock:
             counts = self._counts.get(key)
             if counts is None:
@@ -361,7 +366,7 @@ class Observed:
         self.access_sample = access_sample
         self.wrapped = wrapped
         self._random = random_
-        self._observe = telemetry.latency.observe
+        self._observe = telemetry.latency.observe_key
         self._after = telemetry.after_request
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
@@ -374,12 +379,13 @@ class Observed:
             return self.app(environ, observing(environ, start_response) if self.wrapped else start_response)
         finally:
             seconds = time.perf_counter() - started
-            endpoint = environ.get(ENDPOINT, UNMATCHED)
-            status = environ.get(STATUS, "500")
-            self._observe(endpoint, environ["REQUEST_METHOD"], status, seconds)
+            labels = environ.get(LABELS)
+            if labels is None:
+                labels = (environ.get(ENDPOINT, UNMATCHED), environ["REQUEST_METHOD"], environ.get(STATUS, "500"))
+            self._observe(labels, seconds)
             if self.access_sample and (self.access_sample >= 1.0 or self._random() < self.access_sample):
                 if access_log.isEnabledFor(logging.INFO):
-                    _log_access(environ, endpoint, status, seconds, rid)
+                    _log_access(environ, labels[0], labels[2], seconds, rid)
             self._after()
 
 
