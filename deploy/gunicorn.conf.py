@@ -10,7 +10,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.gunicorn_conf import child_exit, on_exit, post_worker_init, worker_exit  # noqa: E402,F401  (metrics hooks)
+import bench.gunicorn_conf as hooks  # noqa: E402  (the metrics hooks; importing it makes this master's METRICS_DIR)
+
+child_exit, on_exit, post_worker_init, worker_exit = (hooks.child_exit, hooks.on_exit, hooks.post_worker_init,
+                                                      hooks.worker_exit)
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
