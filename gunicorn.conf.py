@@ -9,8 +9,12 @@ an HTML page;
 `write_json_error` below replaces that page with the contract's JSON. See docs/SECURITY.md.
 """
 import json
+import os
 
 import gunicorn.util
+
+from service.telemetry import (gunicorn_make_metrics_dir, gunicorn_mark_process_dead, gunicorn_remove_metrics_dir,
+                               gunicorn_worker_exit)
 
 limit_request_line = 8190
 limit_request_fields = 100
@@ -29,3 +33,21 @@ def write_json_error(sock, status_int, reason, mesg):
 # The workers look write_error up on the module at each error (gunicorn/workers/base.py), and they
 # are forked from the process that read this file.
 gunicorn.util.write_error = write_json_error
+
+
+# Per-instance metrics: this master's own directory of per-worker snapshot files, made before any
+# worker forks, so /metrics sums this instance's workers and no one else's (service/telemetry.py).
+if not os.environ.get("METRICS_DIR"):
+    gunicorn_make_metrics_dir()
+
+
+def child_exit(server, worker) -> None:
+    gunicorn_mark_process_dead(worker.pid)  # its counters stay in the sum, its gauges stop counting
+
+
+def worker_exit(server, worker) -> None:
+    gunicorn_worker_exit()  # its last counts
+
+
+def on_exit(server) -> None:
+    gunicorn_remove_metrics_dir()

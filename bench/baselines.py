@@ -99,7 +99,7 @@ def _endpoints(*, cached: bool) -> Flask:
     db.init_app(app)
     # The views call the service's own read functions (its queries, its JSON builders) with a cache
     # that just runs the loader: the same SQL and the same dicts, whatever those functions become.
-    app.extensions[EXTENSION] = SimpleNamespace(cache=_NoCache(), clock=utcnow, rng=random.Random())
+    app.extensions[EXTENSION] = SimpleNamespace(cache=_NoCache(), clock=utcnow, rng=random.Random(), audit=None)
 
     def value(loaded: Any) -> Any:
         if loaded.value is NOT_FOUND:

@@ -13,11 +13,11 @@ import struct
 from pathlib import Path
 
 FAMILIES = ("profile", "flyer_page", "flyer", "flask_caching")  # the last: the flask-caching baseline
-RESULTS = ("hit", "miss", "lease_wait", "error", "stale", "lease_timeout")
+RESULTS = ("near_hit", "hit", "miss", "lease_wait", "error", "bypass", "stale", "lease_timeout")
 SLOTS = ["statements", "checkouts"] + [f"{f}|{r}" for f in FAMILIES for r in RESULTS]
 INDEX = {name: n for n, name in enumerate(SLOTS)}
 SIZE = 8 * len(SLOTS)
-HIT_RESULTS = ("hit", "lease_wait")
+HIT_RESULTS = ("near_hit", "hit", "lease_wait")
 
 
 def read_all(directory: str | Path) -> dict[str, int]:

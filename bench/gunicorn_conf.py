@@ -1,9 +1,9 @@
-"""Gunicorn hooks for benchmark runs only: export per-worker counters (see bench/counters.py).
+"""Gunicorn hooks: the instance's metrics directory, and for benchmark runs per-worker counters.
 
 Loaded with ``-c python:bench.gunicorn_conf``; besides the service's own settings from
-../gunicorn.conf.py (request limits, JSON error pages), which ``-c`` keeps gunicorn from
-loading, it changes no server setting (workers, bind and worker class come from the command
-line). Without BENCH_COUNTERS_DIR it does nothing.
+../gunicorn.conf.py (request limits, JSON error pages, the per-instance metrics directory and
+its hooks), which ``-c`` keeps gunicorn from loading, it changes no server setting (workers,
+bind and worker class come from the command line). Without BENCH_COUNTERS_DIR it adds nothing.
 Cost inside a worker: one Python call per SQL statement and per pool checkout, and a
 thread that copies the service's cache counters every 20 ms, so the service's hits run no
 extra code; in the flask-caching baseline one Python call per cache get.
@@ -24,9 +24,12 @@ _SERVICE = runpy.run_path(str(Path(__file__).resolve().parent.parent / "gunicorn
 limit_request_line = _SERVICE["limit_request_line"]
 limit_request_fields = _SERVICE["limit_request_fields"]
 limit_request_field_size = _SERVICE["limit_request_field_size"]
+child_exit, worker_exit, on_exit = _SERVICE["child_exit"], _SERVICE["worker_exit"], _SERVICE["on_exit"]
 
 
 def post_worker_init(worker) -> None:
+    from service.telemetry import gunicorn_worker_started
+    gunicorn_worker_started()  # this worker counts in /metrics (and its breaker state) before its first request
     directory = os.environ.get("BENCH_COUNTERS_DIR")
     if not directory:
         return

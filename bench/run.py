@@ -652,7 +652,7 @@ class Bench:
             "CPU = utime+stime of the gunicorn master and workers over the row / requests sent (completed + the few "
             "still in flight when wrk stopped, which the server serves too). "
             "× columns: this row's CPU/request over floor-redis's, and over the same row of flask-caching and "
-            "no-cache. Hit rate: service = the service's own CacheStats counters (hit + lease_wait over all "
+            "no-cache. Hit rate: service = the service's own CacheStats counters (near_hit + hit + lease_wait over all "
             "lookups), flask-caching = its backend's get() answers (None = miss), both counted in the workers. "
             "SQL/req = statements counted by a "
             "SQLAlchemy before_cursor_execute listener in each worker; pings/req = pool checkouts, each one a "

@@ -56,16 +56,21 @@ def lease_field(variant: str) -> str:
     return LEASE_PREFIX + variant
 
 
-def stats_minute_key(epoch_minute: int) -> str:
-    """Per-minute counter hash shared by every process (fields `family|result`)."""
-    # One {stats} tag keeps the minute and total hashes in one slot, so a flush
+def stats_bucket_key(epoch_bucket: int) -> str:
+    """Counter hash of one 10-second bucket, shared by every process (fields ``kind|label...``)."""
+    # One {stats} tag keeps the bucket and total hashes in one slot, so a push
     # can be a MULTI/EXEC even on Redis Cluster.
-    return f"{PREFIX}:{{stats}}:m:{epoch_minute}"
+    return f"{PREFIX}:{{stats}}:b:{epoch_bucket}"
 
 
 def stats_total_key() -> str:
-    """Since-start counter hash shared by every process (fields `family|result`)."""
-    return f"{PREFIX}:{{stats}}:total"
+    """Since-start counter hash shared by every process (fields ``kind|label...``)."""
+    return f"{PREFIX}:{{stats}}:totals"
+
+
+def stats_processes_key() -> str:
+    """Hash of every process's last report (breaker state, near-cache size), field ``instance|pid``."""
+    return f"{PREFIX}:{{stats}}:processes"
 
 
 def hash_tag(key: str) -> str:

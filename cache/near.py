@@ -78,7 +78,7 @@ class NearCache:
         self._tags: dict[str, set[tuple[str, str]]] = {}
         self._bytes = 0
         self.hits = 0
-        self.evictions = 0
+        self.evictions = 0  # copies dropped to stay within max_bytes (operations counter)
 
     @classmethod
     def for_client(cls, client: redis.Redis, channel: str, **kwargs) -> "NearCache":
@@ -91,11 +91,6 @@ class NearCache:
     def caught_up(self) -> bool:
         """Whether this process holds a fresh proof (copies are served only then)."""
         return self._conn is not None and self._clock() - self._proof < self.window
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(entries, bytes) held now."""
-        return len(self._entries), self._bytes
 
     def get(self, key: str, field: str) -> tuple[Entry | None, Stamp]:
         """The copy of `field` of `key`, and a stamp for `put`; (None, None) while not caught up."""
@@ -131,6 +126,10 @@ class NearCache:
             while self._bytes > self.max_bytes:
                 self._drop(next(iter(self._entries)))  # oldest copy first
                 self.evictions += 1
+
+    def usage(self) -> tuple[int, int, int]:
+        """(copies held, their bytes, copies evicted so far) for the operations metrics."""
+        return len(self._entries), self._bytes, self.evictions
 
     def close(self) -> None:
         """Drop every copy and the subscribed connection."""

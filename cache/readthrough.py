@@ -22,6 +22,7 @@ __all__ = ["NOT_FOUND", "Claim", "Loaded", "Entry", "ReadThroughCache"]
 
 HIT, MISS, LEASE_WAIT, ERROR = "hit", "miss", "lease_wait", "error"
 STALE, LEASE_TIMEOUT = "stale", "lease_timeout"  # stats-only kinds of "miss": fill refused; waiter gave up
+NEAR_HIT, BYPASS = "near_hit", "bypass"  # stats: a hit from this process's copy; Redis not tried (breaker, replay)
 _HIT, _GRANTED = 1, 3  # LOOKUP script statuses (2: another reader holds the lease)
 
 
@@ -86,7 +87,7 @@ class ReadThroughCache:
         if self.suspended or not self.breaker.allow():
             if self.suspended and self.on_suspended is not None:
                 self.on_suspended()
-            return self._bypass(family, loader)
+            return self._bypass(family, loader, BYPASS)
         try:
             answer = self._claim(key, variant, generation_key)
         except redis.RedisError:
@@ -116,7 +117,7 @@ class ReadThroughCache:
         if near is not None:
             entry, stamp = near.get(key, variant)
             if entry is not None:
-                self.stats.record(family, HIT)
+                self.stats.record(family, NEAR_HIT)
                 return entry
         try:
             answer = self._claim(key, variant, generation_key)
@@ -128,8 +129,8 @@ class ReadThroughCache:
             return answer
         self.stats.record(family, HIT)
         entry = from_stored(answer[0], HIT)
-        if stamp is not None:
-            near.put(key, variant, entry, answer[1], stamp)
+        if stamp is not None:  # the copy says where later answers come from (access log)
+            near.put(key, variant, Entry(entry.body, entry.etag, NEAR_HIT), answer[1], stamp)
         return entry
 
     def _claim(self, key: str, variant: str, generation_key: str | None) -> tuple[bytes, int] | Claim:
@@ -149,8 +150,10 @@ class ReadThroughCache:
         return self._wait(family, claim.hash_key, variant, loader)
 
     def invalidate(self, *, keys: Iterable[str] = (), generations: Iterable[tuple[str, str]] = (),
-                   families: Iterable[str] = (), timeout: float = 0.0) -> bool:
+                   families: Iterable[str] = (), timeout: float = 0.0, retried: bool = False) -> bool:
         """Delete `keys` and bump each `(generation_key, pages_base)`; True once Redis has them.
+
+        `retried`: this delivers invalidations that an earlier attempt left pending (counted apart).
 
         Deleting a hash removes its values and leases together, so any fill still in
         flight for it is refused. Everything goes in one non-transactional pipeline,
@@ -159,16 +162,20 @@ class ReadThroughCache:
         False: Redis could not be reached in time. The caller keeps the invalidation
         (the service's outbox does) and delivers it again later.
         """
+        families = list(families)
         delivered = self._invalidator.deliver(list(keys), list(generations), timeout=timeout)
-        if delivered:
-            for family in families:
+        for family in families:
+            if delivered:
                 self.stats.record_invalidation(family)
+            self.stats.record_invalidation_outcome(
+                family, ("retried" if retried else "delivered") if delivered else "queued")
         return delivered
 
     def _load_and_fill(self, family: str, hash_key: bytes, variant: str, token: str,
                        loader: Callable[[], Loaded]) -> Entry:
         """Holder of the lease: load, then write only if the lease survived (no stale set)."""
         started = self._wall_clock()
+        timer = time.perf_counter()
         try:
             loaded = loader()
             entry, stored = from_loaded(loaded, MISS)
@@ -188,11 +195,14 @@ class ReadThroughCache:
         except redis.RedisError:
             self.breaker.record_failure()
             self.stats.record(family, ERROR)
+            self.stats.record_fill(family, "error", time.perf_counter() - started)
             return Entry(entry.body, entry.etag, ERROR)
         self.breaker.record_success()
         # Refused: an invalidation deleted the hash (and our lease) while we loaded,
         # so what we loaded may predate the write; return it but never store it.
         self.stats.record(family, STALE if filled == 0 else MISS)
+        outcome = {0: "refused", 2: "expired"}.get(filled, "stored" if loaded.ttl > 0 else "uncacheable")
+        self.stats.record_fill(family, outcome, time.perf_counter() - timer)
         return entry
 
     def _wait(self, family: str, hash_key: bytes, variant: str,
@@ -220,9 +230,9 @@ class ReadThroughCache:
         # Not the lease holder: filling could overwrite a fresher value.
         return from_loaded(loader(), MISS)[0]
 
-    def _bypass(self, family: str, loader: Callable[[], Loaded]) -> Entry:
-        entry = from_loaded(loader(), ERROR)[0]
-        self.stats.record(family, ERROR)
+    def _bypass(self, family: str, loader: Callable[[], Loaded], result: str = ERROR) -> Entry:
+        entry = from_loaded(loader(), result)[0]
+        self.stats.record(family, result)
         return entry
 
     def _release(self, hash_key: bytes, variant: str, token: str) -> None:

@@ -24,7 +24,9 @@ from service.extension import EXTENSION, Services
 from service.fast_path import CachedReads
 from service.outbox import Outbox
 from service.storage import LocalStorage
-from service.telemetry import ENDPOINT, Telemetry, Timed
+from service.audit import Auditor
+from service.logging_setup import configure_logging
+from service.telemetry import ENDPOINT, Observed, Telemetry, default_instance
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
 
@@ -54,6 +56,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     app.url_map.converters["id"] = IdConverter
     app.json.sort_keys = False
 
+    configure_logging(app.config["LOG_LEVEL"])
     db.init_app(app)
     Migrate(app, db, directory=MIGRATIONS)
     invalidation.listen()
@@ -71,7 +74,12 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
                                                   window=settings["CACHE_NEAR_PROOF_MS"] / 1000))
     outbox = _outbox(app, cache)
     telemetry = Telemetry(cache.stats, client, interval=settings["METRICS_FLUSH_INTERVAL"],
+                          instance=settings["METRICS_INSTANCE"] or default_instance(),
+                          metrics_dir=settings["METRICS_DIR"], breaker=breaker, near=cache.near,
+                          embedded=redis_client is None and settings["REDIS_URL"] is None,
                           redis_ok=lambda: breaker.state == "closed")
+    audit = Auditor(app, cache.stats, client, fraction=settings["CACHE_AUDIT_FRACTION"],
+                    grace=settings["CACHE_AUDIT_GRACE"], max_per_second=settings["CACHE_AUDIT_MAX_PER_SECOND"])
     app.extensions[EXTENSION] = Services(
         cache=cache,
         redis=client,
@@ -79,7 +87,9 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
         clock=settings.get("CLOCK", models_base.utcnow),
         telemetry=telemetry,
         outbox=outbox,
+        outbox_backlog=lambda: outbox.backlog,
         rng=random.Random(),
+        audit=audit,
     )
 
     from service import auth, docs, flyers, health, media, openapi, operations, profiles
@@ -100,8 +110,10 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     from service.commands import register_commands
     register_commands(app)
     if app.config["CACHE_FAST_PATH"]:
-        app.wsgi_app = CachedReads(app.wsgi_app, cache, app.config)
-    app.wsgi_app = Edge(Timed(app.wsgi_app, telemetry), app.config)
+        app.wsgi_app = CachedReads(app.wsgi_app, cache, app.config, audit=audit)
+    app.wsgi_app = Edge(app.wsgi_app, app.config, observe=app.config["CACHE_FAST_PATH"])
+    app.wsgi_app = Observed(app.wsgi_app, telemetry, access_sample=settings["ACCESS_LOG_SAMPLE"],
+                            wrapped=not app.config["CACHE_FAST_PATH"])  # the fast path does it for its hits
     app.wsgi_app = JSONErrors(app.wsgi_app, settings["DB_RETRY_AFTER_SECONDS"])  # outermost: always JSON
     return app
 

@@ -16,6 +16,7 @@ from service.commits import commit_write
 from service.errors import Conflict, Forbidden, Unauthorized
 from service.http import json_body, json_response
 from service.schemas import LoginSchema, RegisterSchema
+from service.telemetry import USER_ID
 
 bp = Blueprint("auth", __name__, url_prefix="/api/v1/auth")
 
@@ -57,6 +58,7 @@ def caller_id() -> int:
     user_id = claims["user_id"]
     if not isinstance(user_id, int) or isinstance(user_id, bool) or not 1 <= user_id <= MAX_ID:
         raise Unauthorized("Invalid token")  # signed by us or not, never an out-of-range SQL parameter
+    request.environ[USER_ID] = user_id  # for the access log
     return user_id
 
 

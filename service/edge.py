@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from service.telemetry import observing
+
 # What werkzeug accepts as a Host (werkzeug.sansio.utils._host_re): anything else it turns into
 # an empty host, so absolute URLs would come out as "http:///...".
 _HOST = re.compile(r"([a-z0-9.-]+|\[[a-f0-9]*:[a-f0-9.:]+\])(?::([1-9][0-9]{0,4}))?", re.ASCII | re.IGNORECASE)
@@ -86,8 +88,9 @@ def error_body(message: str) -> bytes:
 class Edge:
     """WSGI middleware: answer 414 or 400 (Host) as JSON before the rest of the stack sees the request."""
 
-    def __init__(self, app: Callable, config: Mapping[str, Any]) -> None:
+    def __init__(self, app: Callable, config: Mapping[str, Any], *, observe: bool = False) -> None:
         self.app = app
+        self.observe = observe  # inside an Observed(wrapped=False): its refusals note their status and request id
         self.max_uri = config["REQUEST_MAX_URI_BYTES"]
         self.hosts = served_hosts(config)
         self._accepted: set[str] = set()
@@ -97,6 +100,9 @@ class Edge:
         if (environ.get("HTTP_HOST") in self._accepted
                 and len(environ.get("PATH_INFO", "")) + len(environ.get("QUERY_STRING", "")) <= self.max_uri):
             return self.app(environ, start_response)
+        original = start_response
+        if self.observe:
+            start_response = observing(environ, start_response)
         if len(environ.get("PATH_INFO", "")) + len(environ.get("QUERY_STRING", "")) > self.max_uri:
             return _refuse(start_response, "414 URI Too Long", "URI too long")
         host = environ.get("HTTP_HOST")
@@ -104,7 +110,7 @@ class Edge:
             host = environ.get("SERVER_NAME", "")
         if not self._accept(host):
             return _refuse(start_response, "400 Bad Request", "Host not served")
-        return self.app(environ, start_response)
+        return self.app(environ, original)
 
     def _accept(self, host: str) -> bool:
         if host in self._accepted:

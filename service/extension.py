@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from flask import current_app
 
@@ -25,6 +25,9 @@ class Services:
     telemetry: Telemetry
     outbox: Outbox
     rng: random.Random = field(default_factory=random.Random)
+    audit: Any = None  # service.audit.Auditor: samples cache hits for the staleness audit
+    outbox_backlog: Optional[Callable[[], int]] = None
+    """Pending invalidations in the outbox (``cache_outbox_backlog`` gauge); None until an outbox exists."""
 
     @property
     def stats(self) -> CacheStats:

@@ -16,9 +16,11 @@ from werkzeug.sansio.utils import get_current_url, get_host
 from cache import Entry, ReadThroughCache
 from models.base import MAX_ID
 from service.http import NO_CACHE, etag_matches
-from service.reads import PEEK, Lookup, flyer_lookup, page_lookup, profile_lookup
+from service.audit import Auditor, Job
+from service.reads import (PEEK, RELOAD, Lookup, flyer_lookup, page_lookup, profile_lookup, read_creator_page,
+                           read_flyer, read_profile)
 from service.schemas import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
-from service.telemetry import ENDPOINT
+from service.telemetry import CACHE_RESULT, LABELS, REQUEST_ID, observing
 
 # Ids as service.IdConverter takes them: 1 to MAX_ID (checked below: cheaper than its exact
 # pattern); others go on to Flask, which answers 404.
@@ -40,13 +42,29 @@ def _page_args(query: str) -> tuple[int, int] | None:
 
 
 class CachedReads:
-    """WSGI middleware: serve GET hits of profiles, creator pages and flyers from the cache."""
+    """WSGI middleware: serve GET hits of profiles, creator pages and flyers from the cache.
 
-    def __init__(self, app: Callable, cache: ReadThroughCache, config: Mapping[str, Any]) -> None:
+    It runs inside ``telemetry.Observed(wrapped=False)``: an answer made here adds
+    ``X-Request-ID`` and sets its latency labels (``environ[LABELS]``) itself; what goes on to
+    Flask is wrapped (``observing``).
+    """
+
+    def __init__(self, app: Callable, cache: ReadThroughCache, config: Mapping[str, Any], *,
+                 audit: Auditor | None = None) -> None:
         self.app = app
         self.cache = cache
         self.config = config
         self._bases: dict[tuple[str, str], str] = {}
+        self.audit = audit
+        self.audit_fraction = audit.fraction if audit is not None else 0.0
+        self._sample = audit.sample if audit is not None else None
+        self._ok: dict[str, tuple[str, str, str]] = {}  # endpoint: its latency labels for a 200, made once
+
+    def _labels(self, endpoint: str, status: str) -> tuple[str, str, str]:
+        labels = (endpoint, "GET", status)
+        if status == "200":
+            self._ok[endpoint] = labels
+        return labels
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         lookup = self._lookup(environ) if environ["REQUEST_METHOD"] == "GET" else None
@@ -57,16 +75,31 @@ class CachedReads:
                 # The view answers a miss (its lease already claimed) or a cached 404
                 # without looking the entry up again.
                 environ[PEEK] = entry
-            return self.app(environ, start_response)
-        environ[ENDPOINT] = lookup.endpoint
+            return self.app(environ, observing(environ, start_response))
+        environ[CACHE_RESULT] = entry.result
+        if self.audit_fraction and self._sample() < self.audit_fraction:  # the staleness audit's sample
+            self._submit_audit(environ, lookup, entry)
         etag = f'"{entry.etag}"'
         if_none_match = environ.get("HTTP_IF_NONE_MATCH")
+        # Every answer made here carries the request id and notes its status (see telemetry.Observed).
+        request_id = ("X-Request-ID", environ[REQUEST_ID])
         if if_none_match and etag_matches(if_none_match, entry.etag):
-            start_response("304 NOT MODIFIED", [("ETag", etag), ("Cache-Control", NO_CACHE)])
+            environ[LABELS] = self._labels(lookup.endpoint, "304")
+            start_response("304 NOT MODIFIED", [("ETag", etag), ("Cache-Control", NO_CACHE), request_id])
             return []
+        environ[LABELS] = self._ok.get(lookup.endpoint) or self._labels(lookup.endpoint, "200")
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(entry.body))),
-                                  ("ETag", etag), ("Cache-Control", NO_CACHE)])
+                                  ("ETag", etag), ("Cache-Control", NO_CACHE), request_id])
         return [entry.body]
+
+    def _base(self, environ: dict[str, Any]) -> str:
+        return self.config["PUBLIC_BASE_URL"] or self._base_url(environ)
+
+    def _submit_audit(self, environ: dict[str, Any], lookup: Lookup, entry: Entry) -> None:
+        """Queue a sampled hit for the staleness audit: it re-reads this route from the database later."""
+        path, query, base = environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""), self._base(environ)
+        self.audit.submit(Job(lookup.family, lookup.key, lookup.variant, lookup.generation_key, entry.etag,
+                              lambda: _reread(path, query, base)))
 
     def _lookup(self, environ: dict[str, Any]) -> Lookup | None:
         match = ROUTE.fullmatch(environ.get("PATH_INFO", ""))
@@ -75,7 +108,7 @@ class CachedReads:
         number = int(match[3] or match[1])
         if number > MAX_ID:
             return None  # no lookup, so no lease, for an id no row can have
-        base = self.config["PUBLIC_BASE_URL"] or self._base_url(environ)
+        base = self._base(environ)
         query = environ.get("QUERY_STRING", "")
         if match[3]:
             return flyer_lookup(number, base) if not query else None
@@ -112,3 +145,14 @@ def _werkzeug_base_url(environ: dict[str, Any]) -> str:
     scheme = environ["wsgi.url_scheme"]
     return get_current_url(scheme, get_host(scheme, environ.get("HTTP_HOST"), (
         environ.get("SERVER_NAME", ""), int(environ.get("SERVER_PORT") or 0))))[:-1]  # less "/"
+
+
+def _reread(path: str, query: str, base: str) -> str | None:
+    """ETag of this route's answer loaded from the database now (the staleness audit; runs in an app context)."""
+    match = ROUTE.fullmatch(path)
+    if match[3]:
+        return read_flyer(int(match[3]), base, RELOAD).etag
+    if match[2] == "profile":
+        return read_profile(int(match[1]), base, RELOAD).etag
+    page, page_size = _page_args(query)
+    return read_creator_page(int(match[1]), page, page_size, base, RELOAD).etag

@@ -9,6 +9,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from cache import Entry
 from service.errors import BadRequest, NotFound, UnsupportedMediaType
+from service.telemetry import CACHE_RESULT
 
 NO_CACHE = "no-cache"
 
@@ -64,6 +65,7 @@ def etag_matches(header: str, etag: str) -> bool:
 
 def cached_answer(entry: Entry, not_found: str) -> Response:
     """Answer a cached read: 200 with the stored bytes, 304 on a matching If-None-Match, or 404."""
+    request.environ[CACHE_RESULT] = entry.result  # for the access log
     if entry.body is None:
         raise NotFound(not_found)
     headers = {"ETag": f'"{entry.etag}"', "Cache-Control": NO_CACHE}

@@ -21,6 +21,9 @@ ERROR = {413: "Request body too large", 415: "Unsupported media type",
          429: "Too many attempts",
          503: "Database unavailable", 500: "Internal error"}
 HEADERS = {
+    "X-Request-ID": {"description": "The request's id: the client's X-Request-ID when it is at most 128 characters "
+                                    "of letters, digits, '.', '_' and '-', else one the service made; it is in "
+                                    "the service's logs too", "schema": {"type": "string"}},
     "ETag": {"description": "Entity tag of the body", "schema": {"type": "string"}},
     "Cache-Control": {"description": "Caching directives", "schema": {"type": "string"}},
     "Location": {"description": "URL of the created resource", "schema": {"type": "string", "format": "uri"}},
@@ -259,21 +262,32 @@ def build_spec() -> dict[str, Any]:
             503: {**_json("Readiness", "The database does not answer"), "headers": _headers("Retry-After")},
             **{k: v for k, v in _errors().items()}}}},
         "/metrics": {"get": {
-            "summary": "Prometheus metrics of every process sharing the Redis",
-            "description": "cache_requests_total{family,result}, cache_invalidations_total{family} and "
-                           "http_request_duration_seconds{endpoint} (histogram). The format follows the "
-                           "Accept header: Prometheus text 0.0.4 by default, or OpenMetrics. The "
-                           "X-Metrics-Scope header says whether other processes could be counted.",
-            "responses": {200: {"description": "The metrics", "headers": _headers("Cache-Control", "X-Metrics-Scope"),
+            "summary": "Prometheus metrics of this instance (the sum over its worker processes)",
+            "description": "Counters never go down while the instance runs, whatever Redis does: "
+                           "cache_requests_total{family,result}, cache_invalidations_total{family}, "
+                           "cache_invalidation_outcomes_total{family,outcome}, cache_fills_total{family,outcome}, "
+                           "cache_fill_duration_seconds{family}, cache_audit_total{family,result}, "
+                           "http_request_duration_seconds{endpoint,method,status} (histograms), "
+                           "cache_breaker_state{pid,state}, cache_near_entries, cache_near_bytes, "
+                           "cache_near_evictions_total, cache_outbox_backlog (once an outbox exists), "
+                           "profile_service_build_info, process_* and python_* (of the answering process). "
+                           "The format follows the Accept header: Prometheus text 0.0.4 by default, or OpenMetrics.",
+            "responses": {200: {"description": "The metrics", "headers": _headers("Cache-Control"),
                                 "content": {"text/plain; version=0.0.4; charset=utf-8": {"schema": {"type": "string"}},
                                             "application/openmetrics-text; version=1.0.0; charset=utf-8": {
                                                 "schema": {"type": "string"}}}},
                           **_errors()}}},
         "/api/v1/cache/stats": {"get": {
-            "summary": "Cache hit rates per key family: last minute, last hour, since start, and per minute",
+            "summary": "Fleet-wide figures (every instance sharing the Redis) over sliding windows",
+            "description": "Hit rates with their volumes per key family, request rates, p50/p95/p99 latency and "
+                           "5xx per endpoint, invalidations, the staleness audit, each process's breaker state "
+                           "and the near-cache share, over the last minute, 5 minutes, hour and since start, "
+                           "plus 10-second and 1-minute series. Windows are whole 10-second buckets up to now "
+                           "and say how many seconds they cover. Without Redis, this process's figures alone "
+                           "(scope and redis say so).",
             "responses": {200: _json("CacheStats", "The hit rates", "Cache-Control"), **_errors()}}},
         "/dashboard": {"get": {
-            "summary": "A page charting the cache hit rates, refreshing itself",
+            "summary": "A self-contained page charting /api/v1/cache/stats, refreshing itself every 5 s",
             "responses": {200: {"description": "The page", "headers": _headers("Cache-Control"),
                                 "content": {"text/html; charset=utf-8": {"schema": {"type": "string"}}}},
                           **_errors()}}},
@@ -304,6 +318,8 @@ def build_spec() -> dict[str, Any]:
             operation_id, tag = OPERATIONS.get((path, method), (_fallback_id(method, path), _fallback_tag(path)))
             operation.setdefault("operationId", operation_id)
             operation.setdefault("tags", [tag])
+            for answer in operation["responses"].values():  # every answer echoes or makes a request id
+                answer["headers"] = {**answer.get("headers", {}), **_headers("X-Request-ID")}
         spec.path(path=path, operations=operations)
     return spec.to_dict()
 

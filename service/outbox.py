@@ -77,7 +77,7 @@ class Outbox:
 
     # Delivery.
 
-    def deliver_pending(self, *, timeout: float, min_age: float = 0.0) -> bool:
+    def deliver_pending(self, *, timeout: float, min_age: float = 0.0, retried: bool = False) -> bool:
         """Deliver every undelivered row at least `min_age` seconds old; True if none is left.
 
         Raises the database's errors; returns False if Redis could not take them in `timeout`.
@@ -94,7 +94,7 @@ class Outbox:
                 return True
             key_list, generations, families = plan(rows)
             if not self.cache.invalidate(keys=key_list, generations=generations, families=families,
-                                         timeout=max(0.0, deadline - time.monotonic())):
+                                         timeout=max(0.0, deadline - time.monotonic()), retried=retried):
                 return False
             with self.engine.begin() as conn:
                 conn.execute(text("UPDATE cache_outbox SET delivered = :yes WHERE id IN :ids")
@@ -130,7 +130,7 @@ class Outbox:
                 return
             key_list, generations, families = plan(rows)
             if not self.cache.invalidate(keys=key_list, generations=generations, families=families,
-                                         timeout=self.write_timeout):
+                                         timeout=self.write_timeout, retried=True):
                 raise ConnectionError("could not replay the outbox to Redis")
             last = rows[-1][0]
 
@@ -212,7 +212,7 @@ class Outbox:
             conn.rollback()
         if self.backlog:
             self.cache.suspended = True
-            if not self.deliver_pending(timeout=self.poll_interval, min_age=min_age):
+            if not self.deliver_pending(timeout=self.poll_interval, min_age=min_age, retried=True):
                 return False
             self.backlog = 0
         self.cache.suspended = False

@@ -11,7 +11,9 @@ from datetime import datetime
 from flask import current_app
 
 from cache import NOT_FOUND, Claim, Entry, Loaded, keys
+from cache.entries import from_loaded
 from models import queries
+from service.audit import Job
 from service.extension import services
 from service.representations import flyer_json, page_json, profile_json
 
@@ -40,6 +42,10 @@ def flyer_lookup(flyer_id: int, base_url: str) -> Lookup:
     return Lookup("flyer", keys.flyer_key(flyer_id), base_url, endpoint="flyers.get_flyer")
 
 
+RELOAD = object()
+"""``peek`` value that loads from the database without the cache (the staleness audit's re-read)."""
+HITS = frozenset(("hit", "near_hit", "lease_wait"))
+
 PEEK = "profile_service.peek"
 """WSGI environ key where the fast path leaves what its lookup found: a Claim on the miss, or a cached 404 Entry."""
 
@@ -47,8 +53,15 @@ PEEK = "profile_service.peek"
 def _read(lookup: Lookup, load, peek: Entry | Claim | None) -> Entry:
     if isinstance(peek, Entry):  # a cached "not found" the fast path already looked up (and counted)
         return peek
-    return services().cache.get_or_load(lookup.family, lookup.key, load, variant=lookup.variant,
-                                        generation_key=lookup.generation_key, claim=peek)
+    if peek is RELOAD:
+        return from_loaded(load(), "audit")[0]
+    entry = services().cache.get_or_load(lookup.family, lookup.key, load, variant=lookup.variant,
+                                         generation_key=lookup.generation_key, claim=peek)
+    audit = services().audit
+    if audit is not None and entry.result in HITS and entry.body is not None and audit.sample() < audit.fraction:
+        audit.submit(Job(lookup.family, lookup.key, lookup.variant, lookup.generation_key, entry.etag,
+                         lambda: from_loaded(load(), "audit")[0].etag))
+    return entry
 
 
 def ttl_until(now: datetime, next_change: datetime | None, *, negative: bool = False) -> float:

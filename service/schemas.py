@@ -191,33 +191,120 @@ class ReadinessSchema(Schema):
     cache = fields.String(required=True)
 
 
-class MinuteRatesSchema(Schema):
-    """Lookups of one key family over a time window: hits are "hit" plus "lease_wait" answers."""
+_RATE = {"description": "null when the window has no lookups (or, for per-second rates, no length)"}
+_SECONDS = {"description": "Latency in seconds, interpolated within the histogram's buckets (as PromQL's "
+                           "histogram_quantile); null without requests"}
+
+
+class AuditCountsSchema(Schema):
+    fresh = fields.Integer(required=True)
+    stale = fields.Integer(required=True)
+
+
+class FamilyWindowSchema(Schema):
+    """Lookups of one key family over a window; hits are near_hit, hit and lease_wait answers."""
 
     lookups = fields.Integer(required=True)
     hits = fields.Integer(required=True)
-    hit_rate = fields.Float(required=True, allow_none=True, metadata={"description": "hits / lookups; null without lookups"})
+    hit_rate = fields.Float(required=True, allow_none=True, metadata=_RATE)
+    lookups_per_second = fields.Float(required=True, allow_none=True, metadata=_RATE)
+    near_hits = fields.Integer(required=True)
+    near_share = fields.Float(required=True, allow_none=True, metadata={
+        "description": "near_hits / hits: the share of hits answered from a process's own copy"})
+    results = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True, metadata={
+        "description": "Lookups by result: near_hit, hit, lease_wait, miss, stale, lease_timeout, error, bypass"})
+    invalidations = fields.Integer(required=True)
+    invalidation_outcomes = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True,
+                                        metadata={"description": "delivered, queued, retried"})
+    audit = fields.Nested(AuditCountsSchema, required=True, metadata={
+        "description": "Staleness audit: sampled hits re-read from the database"})
 
 
-class HitRatesSchema(MinuteRatesSchema):
-    results = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True,
-                          metadata={"description": "Lookups by result: hit, miss, lease_wait, error, stale, lease_timeout"})
+class EndpointWindowSchema(Schema):
+    requests = fields.Integer(required=True)
+    requests_per_second = fields.Float(required=True, allow_none=True, metadata=_RATE)
+    errors = fields.Integer(required=True, metadata={"description": "5xx answers"})
+    statuses = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    p50 = fields.Float(required=True, allow_none=True, metadata=_SECONDS)
+    p95 = fields.Float(required=True, allow_none=True, metadata=_SECONDS)
+    p99 = fields.Float(required=True, allow_none=True, metadata=_SECONDS)
+    mean = fields.Float(required=True, allow_none=True)
+
+
+class _Totals(Schema):
+    seconds = fields.Float(required=True, allow_none=True, metadata={
+        "description": "How long the window really is: whole 10-second buckets up to now, the running one "
+                       "included (50-60 s for the last minute); null since start"})
+    lookups = fields.Integer(required=True)
+    hits = fields.Integer(required=True)
+    hit_rate = fields.Float(required=True, allow_none=True, metadata=_RATE)
+    near_share = fields.Float(required=True, allow_none=True, metadata=_RATE)
+    requests = fields.Integer(required=True)
+    requests_per_second = fields.Float(required=True, allow_none=True, metadata=_RATE)
+    errors = fields.Integer(required=True)
+    p50 = fields.Float(required=True, allow_none=True, metadata=_SECONDS)
+    p95 = fields.Float(required=True, allow_none=True, metadata=_SECONDS)
+    p99 = fields.Float(required=True, allow_none=True, metadata=_SECONDS)
+    invalidations = fields.Integer(required=True)
+    audit = fields.Nested(AuditCountsSchema, required=True)
+    breaker_open_seconds = fields.Float(required=True, metadata={
+        "description": "Seconds the processes' Redis breakers were open or probing (reported once Redis answers)"})
+
+
+class WindowSchema(_Totals):
+    from_ = fields.DateTime(data_key="from", metadata={"description": "Start of the window's oldest bucket"})
+    error_rate = fields.Float(required=True, allow_none=True, metadata=_RATE)
+    endpoints = fields.Dict(keys=fields.String(), values=fields.Nested(EndpointWindowSchema), required=True)
+
+
+class WindowsSchema(Schema):
+    last_minute = fields.Nested(WindowSchema, required=True)
+    last_5_minutes = fields.Nested(WindowSchema, required=True)
+    last_hour = fields.Nested(WindowSchema, required=True)
+    since_start = fields.Nested(WindowSchema, required=True)
 
 
 class FamilyRatesSchema(Schema):
-    last_minute = fields.Nested(HitRatesSchema, required=True)
-    last_hour = fields.Nested(HitRatesSchema, required=True)
-    since_start = fields.Nested(HitRatesSchema, required=True)
+    last_minute = fields.Nested(FamilyWindowSchema, required=True)
+    last_5_minutes = fields.Nested(FamilyWindowSchema, required=True)
+    last_hour = fields.Nested(FamilyWindowSchema, required=True)
+    since_start = fields.Nested(FamilyWindowSchema, required=True)
 
 
-class StatsMinuteSchema(Schema):
-    minute = fields.DateTime(required=True)
-    families = fields.Dict(keys=fields.String(), values=fields.Nested(MinuteRatesSchema), required=True)
+class PointFamilySchema(Schema):
+    lookups = fields.Integer(required=True)
+    hits = fields.Integer(required=True)
+    hit_rate = fields.Float(required=True, allow_none=True, metadata=_RATE)
+
+
+class StatsPointSchema(_Totals):
+    time = fields.DateTime(required=True, metadata={"description": "Start of the interval"})
+    partial = fields.Boolean(required=True, metadata={"description": "The interval is still running (seconds tells how much of it)"})
+    families = fields.Dict(keys=fields.String(), values=fields.Nested(PointFamilySchema), required=True)
+
+
+class ProcessReportSchema(Schema):
+    instance = fields.String(required=True)
+    pid = fields.Integer(required=True)
+    breaker = fields.String(required=True, metadata={"description": "closed, open or half_open"})
+    near_entries = fields.Integer(required=True)
+    near_bytes = fields.Integer(required=True)
+    seen = fields.DateTime(required=True, metadata={"description": "Its last report"})
+    reporting = fields.Boolean(required=True, metadata={"description": "Reported within the last 30 s"})
 
 
 class CacheStatsSchema(Schema):
     scope = fields.String(required=True, metadata={
-        "description": "Whose lookups are counted: every process sharing the Redis, or this one alone"})
+        "description": "Whose requests are counted: all instances sharing the Redis, or this process alone "
+                       "(Redis unavailable, or none configured)"})
+    redis = fields.Boolean(required=True, metadata={"description": "False when the figures are this process's alone"})
+    generated_at = fields.DateTime(required=True)
+    bucket_seconds = fields.Integer(required=True)
+    windows = fields.Nested(WindowsSchema, required=True)
     families = fields.Dict(keys=fields.String(), values=fields.Nested(FamilyRatesSchema), required=True)
-    history = fields.List(fields.Nested(StatsMinuteSchema), required=True,
-                          metadata={"description": "The last 60 minutes, oldest first"})
+    instances = fields.List(fields.Nested(ProcessReportSchema), required=True, metadata={
+        "description": "Every worker process that reported within the last hour, with its breaker state"})
+    recent = fields.List(fields.Nested(StatsPointSchema), required=True,
+                         metadata={"description": "The last 10 minutes in 10-second points, oldest first"})
+    history = fields.List(fields.Nested(StatsPointSchema), required=True,
+                          metadata={"description": "The last 60 minutes in 1-minute points, oldest first"})

@@ -76,6 +76,7 @@ def service_config(*, database_url: str = "sqlite://", media_root: str | None = 
         "PASSWORD_HASH_METHOD": FAST_HASH,
         "SECRET_KEY": TEST_SECRET,
         "OUTBOX_POLL_INTERVAL": 0,  # no deliverer thread: a test's own writes deliver their outbox rows
+        "CACHE_AUDIT_FRACTION": 0.0,  # no background re-reads of hits (the staleness audit) unless asked for
     }
     if clock is not None:
         config["CLOCK"] = clock

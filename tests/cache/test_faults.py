@@ -68,7 +68,7 @@ def test_an_open_breaker_skips_redis_entirely(make_cache, fake_client, fake_serv
 
     entry = cache.get_or_load("profile", PROFILE, counting_loader({"id": 5}))
 
-    assert entry.result == "error" and counter.commands == []
+    assert entry.result == "bypass" and counter.commands == []
 
 
 def test_the_cache_is_used_again_once_the_breaker_delay_has_passed(make_cache, fake_client, fake_server, clock,
@@ -136,7 +136,7 @@ def test_reads_bypass_the_cache_while_it_is_suspended(fake_cache, counting_loade
 
     entry = fake_cache.get_or_load("profile", PROFILE, counting_loader({"name": "new"}))
 
-    assert (entry.result, entry.body) == ("error", b'{"name":"new"}') and woken == [True]
+    assert (entry.result, entry.body) == ("bypass", b'{"name":"new"}') and woken == [True]
     assert fake_cache.lookup("profile", PROFILE) is None
 
 

@@ -7,7 +7,7 @@ pytestmark = pytest.mark.tdd_green
 
 def test_every_key_carries_the_schema_version():
     built = [keys.profile_key(5), keys.generation_key(5), keys.pages_key(5), keys.flyer_key(9),
-             keys.stats_minute_key(1), keys.stats_total_key()]
+             keys.stats_bucket_key(1), keys.stats_total_key(), keys.stats_processes_key()]
 
     assert all(k.startswith(f"pf:{keys.SCHEMA_VERSION}:") for k in built)
 

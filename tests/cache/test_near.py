@@ -50,16 +50,16 @@ def test_a_hit_copied_once_is_answered_again_without_any_redis_command(near_cach
 
     again = near_cache.lookup("profile", PROFILE, variant=VARIANT)
 
-    assert (again.body, again.etag, again.result) == (first.body, first.etag, "hit")
+    assert (again.body, again.etag, again.result) == (first.body, first.etag, "near_hit")
     assert counter.commands == []
 
 
-def test_a_hit_from_the_near_cache_counts_as_a_hit(near_cache, counting_loader, stats, near):
+def test_a_hit_from_the_near_cache_counts_as_a_near_hit(near_cache, counting_loader, stats, near):
     copied(near_cache, counting_loader)
 
     near_cache.lookup("profile", PROFILE, variant=VARIANT)
 
-    assert stats.snapshot()["requests"]["profile"]["hit"] == 2 and near.hits == 1
+    assert stats.snapshot()["requests"]["profile"]["near_hit"] == 1 and near.hits == 1
 
 
 def test_another_process_invalidation_is_seen_once_the_writer_has_answered(near_cache, near, near_clock,
@@ -229,4 +229,4 @@ def test_a_subscription_that_stops_answering_serves_nothing_and_is_dropped(near_
         real_client.execute_command("CLIENT", "UNPAUSE")
 
     assert served_while_silent == (None, None)
-    assert dropped == (None, None) and near.size == (0, 0)
+    assert dropped == (None, None) and near.usage()[:2] == (0, 0)
