@@ -45,6 +45,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="3 uploads per case, for a CI smoke test")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker (default 4)")
+    parser.add_argument("--port", type=int, default=0, help="loopback port for gunicorn (default: a free one)")
     args = parser.parse_args()
     runs = 3 if args.quick else max(1, args.runs)
     # A SIGTERM to the bench must still stop gunicorn: turn it into an exception the finally clauses see.
@@ -55,7 +56,7 @@ def main() -> int:
         ("3 MP ~500 KB", [photo_jpeg((2000, 1500), quality=90), photo_jpeg((2000, 1500), quality=89)]),
     ]
     with tempfile.TemporaryDirectory(prefix="bench-upload-") as workdir, \
-            _gunicorn(Path(workdir), args.workers, args.threads) as port:
+            _gunicorn(Path(workdir), args.workers, args.threads, args.port) as port:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         try:
             token = _register(conn)
@@ -81,7 +82,7 @@ def main() -> int:
 
 
 @contextmanager
-def _gunicorn(workdir: Path, workers: int, threads: int) -> Iterator[int]:
+def _gunicorn(workdir: Path, workers: int, threads: int, port: int = 0) -> Iterator[int]:
     """Migrate a fresh database, run gunicorn on a free loopback port until the block ends, yield the port."""
     env = {name: value for name, value in os.environ.items()
            if name not in ("REDIS_URL", "PUBLIC_BASE_URL", "DATABASE_URL", "MEDIA_ROOT")}
@@ -94,7 +95,7 @@ def _gunicorn(workdir: Path, workers: int, threads: int) -> Iterator[int]:
     })
     subprocess.run([sys.executable, "-m", "flask", "db", "upgrade"], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    port = _free_port()
+    port = port or _free_port()
     log = open(workdir / "gunicorn.log", "wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--threads", str(threads),

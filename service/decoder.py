@@ -1,0 +1,357 @@
+"""Decode uploads in child processes the operating system holds to a memory budget and a deadline.
+
+A hostile image (a scan bomb, a canvas bomb, a decoder bug) costs a child process, never the
+worker: each child runs under ``RLIMIT_AS`` (an allocation past the budget fails inside the
+child), at a lower CPU priority than the workers, and is killed with SIGKILL when a decode
+outlives its deadline; a fresh child replaces it. Each worker process starts its own children
+lazily, after gunicorn forks it. ``workers + queue`` uploads at most are admitted per process;
+the next one answers 503 with ``Retry-After`` at once, so uploads cannot take every thread.
+
+Parent and child speak over a socketpair: a JSON header and raw bytes each way, never pickle
+(the child has read hostile input and is not trusted). The child imports ``service.pictures``
+without the Flask application (see ``_BOOTSTRAP``) and returns its exact output.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from service.pictures import (CORRUPT, Picture, PictureError, ProfilePicture, check_upload, process_flyer_image,
+                              process_profile_picture)
+
+log = logging.getLogger(__name__)
+
+_FRAME = struct.Struct(">II")  # header length, payload length
+_KINDS: dict[str, Callable[..., Any]] = {
+    "process_profile_picture": process_profile_picture,
+    "process_flyer_image": process_flyer_image,
+}
+_SERVICE_DIR = os.path.dirname(os.path.abspath(__file__))
+# Runs ``decoder_main`` with ``service`` as a bare namespace: importing the real package would load Flask,
+# SQLAlchemy and the app (~1.2 s and ~75 MB) into every child that only needs Pillow.
+_BOOTSTRAP = (
+    "import sys, types\n"
+    "package = types.ModuleType('service'); package.__path__ = [sys.argv[1]]; sys.modules['service'] = package\n"
+    "from service.decoder import decoder_main\n"
+    "decoder_main(int(sys.argv[2]), int(sys.argv[3]))\n"
+)
+STARTUP_TIMEOUT = 10.0  # importing Pillow in a new child, on a loaded machine
+
+
+@dataclass(frozen=True)
+class DecoderSettings:
+    """How many children, how many waiting uploads, and the limits of each decode."""
+
+    workers: int = 1
+    queue: int = 3
+    timeout: float = 1.5
+    memory_mb: int = 512
+    wait: float = 3.0
+    retry_after: int = 2
+    max_scans: int = 100
+
+    @classmethod
+    def from_config(cls, config: Any) -> DecoderSettings:
+        return cls(workers=config["DECODE_WORKERS"], queue=config["DECODE_QUEUE"],
+                   timeout=config["DECODE_TIMEOUT_SECONDS"], memory_mb=config["DECODE_MEMORY_MB"],
+                   wait=config["DECODE_WAIT_SECONDS"], retry_after=config["DECODE_RETRY_AFTER_SECONDS"],
+                   max_scans=config["DECODE_MAX_SCANS"])
+
+
+@dataclass(frozen=True)
+class Report:
+    """What one decode cost its child: wall time and peak resident memory (VmHWM)."""
+
+    seconds: float
+    peak_rss_kb: int
+    outcome: str  # "ok", "refused", "timeout", "crashed", "memory"
+
+
+class DecoderPool:
+    """The children of one process, and the admission that bounds the decodes in flight."""
+
+    def __init__(self, settings: DecoderSettings) -> None:
+        self.settings = settings
+        self._admission = threading.BoundedSemaphore(settings.workers + settings.queue)
+        self._idle: queue.LifoQueue[_Child | None] = queue.LifoQueue()
+        for _ in range(settings.workers):
+            self._idle.put(None)  # started on first use
+        self._children: set[_Child] = set()
+        self._lock = threading.Lock()
+        self.reports: list[Report] = []  # the last few, for tests and benchmarks
+
+    def run(self, function: Callable[..., Any], data: bytes, *, max_bytes: int) -> Any:
+        """Return ``function(data, max_bytes=...)`` computed in a child; raise ``PictureError`` on any refusal."""
+        if self.settings.workers <= 0:  # in the worker itself: only for benchmarks that compare the two
+            return function(data, max_bytes=max_bytes, max_scans=self.settings.max_scans)
+        kind = function.__name__
+        if kind not in _KINDS:
+            raise TypeError(f"not a picture pipeline: {kind}")
+        check_upload(data, max_bytes=max_bytes, max_scans=self.settings.max_scans)  # cheap: spares a child
+        if not self._admission.acquire(blocking=False):
+            raise self._busy()
+        try:
+            try:
+                child = self._idle.get(timeout=self.settings.wait)
+            except queue.Empty:
+                raise self._busy() from None
+            try:
+                if child is None or not child.alive():
+                    if child is not None:
+                        self._retire(child)
+                    child = self._start()
+                header, payload = child.call({"kind": kind, "max_bytes": max_bytes,
+                                              "max_scans": self.settings.max_scans}, data, self.settings.timeout)
+                if header["outcome"] == "memory":  # that child exits after answering: replace it now
+                    self._retire(child)
+                    child = self._start()
+            except _Lost as lost:
+                self._record(lost.report)
+                self._retire(child)
+                child = self._start()  # the replacement imports Pillow while nobody waits on it
+                raise PictureError(lost.message) from None
+            finally:
+                self._idle.put(child)
+        finally:
+            self._admission.release()
+        self._record(Report(header["seconds"], header["peak_rss_kb"], header["outcome"]))
+        if "error" in header:
+            raise PictureError(header["error"], header["status"])
+        return _unpack(kind, header["pictures"], payload)
+
+    def close(self) -> None:
+        """Stop every child of this pool."""
+        with self._lock:
+            children, self._children = list(self._children), set()
+        for child in children:
+            child.stop()
+
+    def _start(self) -> _Child:
+        child = _Child.spawn(self.settings.memory_mb)
+        with self._lock:
+            self._children.add(child)
+        return child
+
+    def _retire(self, child: _Child) -> None:
+        child.stop()
+        with self._lock:
+            self._children.discard(child)
+
+    def _record(self, report: Report) -> None:
+        self.reports = [*self.reports[-99:], report]
+
+    def _busy(self) -> PictureError:
+        return PictureError("too many pictures are being processed, try again shortly", 503,
+                            retry_after=self.settings.retry_after)
+
+
+class _Lost(Exception):
+    """The child overran, crashed or vanished: it is replaced and the upload refused."""
+
+    def __init__(self, message: str, report: Report) -> None:
+        super().__init__(message)
+        self.message = message
+        self.report = report
+
+
+class _Child:
+    """One decoder process and the parent's end of its socket."""
+
+    def __init__(self, process: subprocess.Popen, sock: socket.socket) -> None:
+        self.process = process
+        self.sock = sock
+        self.ready = False
+
+    @classmethod
+    def spawn(cls, memory_mb: int) -> _Child:
+        ours, theirs = socket.socketpair()
+        env = {**os.environ, "MALLOC_ARENA_MAX": "2"}  # each thread arena reserves 64 MB of address space
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-c", _BOOTSTRAP, _SERVICE_DIR, str(theirs.fileno()), str(memory_mb * 2**20)],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, env=env)
+        finally:
+            theirs.close()
+        return cls(process, ours)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def call(self, request: dict[str, Any], data: bytes, timeout: float) -> tuple[dict[str, Any], bytes]:
+        if not self.ready:  # the child says "ready" once Pillow is imported; that is not the image's time
+            self.sock.settimeout(STARTUP_TIMEOUT)
+            try:
+                if _recv_exact(self.sock, 1) != b"R":
+                    raise EOFError("no ready byte")
+            except (OSError, EOFError):
+                raise _Lost("image could not be decoded: the decoder did not start",
+                            Report(0.0, 0, "crashed")) from None
+            self.ready = True
+        start = time.monotonic()
+        deadline = start + timeout
+        try:
+            _send(self.sock, json.dumps(request).encode(), data, deadline)
+            header_bytes, payload = _receive(self.sock, deadline)
+            return json.loads(header_bytes), payload
+        except TimeoutError:
+            peak = _peak_rss_kb(self.process.pid)
+            raise _Lost(f"image takes too long to decode (limit {timeout:g} s)",
+                        Report(time.monotonic() - start, peak, "timeout")) from None
+        except (OSError, EOFError, ValueError):  # EOF or garbage: the child died (a crash, or the kernel killed it)
+            raise _Lost("image could not be decoded: the decoder failed on it",
+                        Report(time.monotonic() - start, 0, "crashed")) from None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self.sock.close()
+
+
+def _send(sock: socket.socket, header: bytes, payload: bytes, deadline: float) -> None:
+    sock.settimeout(max(0.001, deadline - time.monotonic()))
+    sock.sendall(_FRAME.pack(len(header), len(payload)) + header)
+    sock.settimeout(max(0.001, deadline - time.monotonic()))
+    sock.sendall(payload)
+
+
+def _receive(sock: socket.socket, deadline: float | None) -> tuple[bytes, bytes]:
+    def read(size: int) -> bytes:
+        if deadline is not None:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+        return _recv_exact(sock, size)
+
+    header_size, payload_size = _FRAME.unpack(read(_FRAME.size))
+    return read(header_size), read(payload_size)
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    chunks, missing = [], size
+    while missing:
+        chunk = sock.recv(min(missing, 1 << 20))
+        if not chunk:
+            raise EOFError("socket closed")
+        chunks.append(chunk)
+        missing -= len(chunk)
+    return b"".join(chunks)
+
+
+def _unpack(kind: str, sizes: list[list[int]], payload: bytes) -> Any:
+    pictures, offset = [], 0
+    for width, height, length in sizes:
+        pictures.append(Picture(payload[offset:offset + length], width, height))
+        offset += length
+    return ProfilePicture(*pictures) if kind == "process_profile_picture" else pictures[0]
+
+
+def _peak_rss_kb(pid: int) -> int:
+    """The process's peak resident set (VmHWM) in kB, or 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+# --- one pool per process ------------------------------------------------------------------------------------
+
+_pools: dict[DecoderSettings, DecoderPool] = {}
+_pools_pid = os.getpid()
+_pools_lock = threading.Lock()
+
+
+def pool_for(settings: DecoderSettings) -> DecoderPool:
+    """This process's pool for ``settings``, created on first use (so after gunicorn has forked)."""
+    global _pools_pid
+    with _pools_lock:
+        if _pools_pid != os.getpid():  # a forked copy: those children belong to the parent
+            _pools.clear()
+            _pools_pid = os.getpid()
+        pool = _pools.get(settings)
+        if pool is None:
+            pool = _pools[settings] = DecoderPool(settings)
+        return pool
+
+
+@atexit.register
+def _close_pools() -> None:
+    if _pools_pid == os.getpid():
+        for pool in list(_pools.values()):
+            pool.close()
+
+
+# --- the child -----------------------------------------------------------------------------------------------
+
+def decoder_main(fd: int, memory_bytes: int) -> None:
+    """Serve decode requests on socket ``fd`` until the parent closes it, never above ``memory_bytes``."""
+    import resource
+    import warnings
+
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.nice(10)  # the workers answering reads come first
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on gunicorn: the parent stops us
+    # Nothing a hostile file makes Pillow say may reach a log: one upload once wrote 8,000 EXIF warnings.
+    warnings.simplefilter("ignore")
+    logging.disable(logging.CRITICAL)
+    sock = socket.socket(fileno=fd)
+    sock.sendall(b"R")
+    while True:
+        try:
+            header_bytes, data = _receive(sock, None)
+        except (EOFError, OSError):
+            return  # the worker closed our socket or died
+        request = json.loads(header_bytes)
+        reply, payload, done = _decode_one(request, data)
+        sock.sendall(_FRAME.pack(len(reply), len(payload)) + reply + payload)
+        if done:
+            return  # after a MemoryError, start afresh rather than trust a half-failed heap
+
+
+def _decode_one(request: dict[str, Any], data: bytes) -> tuple[bytes, bytes, bool]:
+    _reset_peak_rss()
+    start = time.monotonic()
+    reply: dict[str, Any]
+    payload, done = b"", False
+    try:
+        result = _KINDS[request["kind"]](data, max_bytes=request["max_bytes"], max_scans=request["max_scans"])
+    except PictureError as error:
+        reply = {"error": error.message, "status": error.status, "outcome": "refused"}
+    except MemoryError:
+        reply = {"error": "image needs too much memory to decode", "status": 400, "outcome": "memory"}
+        done = True
+    except Exception:  # a decoder's own failure on bytes the checks let through
+        reply = {"error": CORRUPT, "status": 400, "outcome": "refused"}
+    else:
+        pictures = [result.full, result.thumbnail] if isinstance(result, ProfilePicture) else [result]
+        reply = {"pictures": [[p.width, p.height, len(p.data)] for p in pictures], "outcome": "ok"}
+        payload = b"".join(p.data for p in pictures)
+    reply["seconds"] = time.monotonic() - start
+    reply["peak_rss_kb"] = _peak_rss_kb(os.getpid())
+    return json.dumps(reply).encode(), payload, done
+
+
+def _reset_peak_rss() -> None:
+    """Start VmHWM afresh, so it reports this decode's peak rather than the child's lifetime peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        pass
