@@ -14,6 +14,7 @@ without the Flask application (see ``_BOOTSTRAP``) and returns its exact output.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import json
 import logging
 import os
@@ -93,6 +94,18 @@ class DecoderPool:
         self._lock = threading.Lock()
         self.reports: list[Report] = []  # the last few, for tests and benchmarks
 
+    def warm(self) -> None:
+        """Start every child now, in the background, so that the first upload does not wait for Pillow's import."""
+        for _ in range(self.settings.workers):
+            try:
+                child = self._idle.get_nowait()
+            except queue.Empty:
+                return
+            if child is None:
+                self._replace_later(None)
+            else:
+                self._idle.put(child)
+
     def run(self, function: Callable[..., Any], data: bytes, *, max_bytes: int) -> Any:
         """Return ``function(data, max_bytes=...)`` computed in a child; raise ``PictureError`` on any refusal."""
         if self.settings.workers <= 0:  # in the worker itself: only for benchmarks that compare the two
@@ -108,6 +121,7 @@ class DecoderPool:
                 child = self._idle.get(timeout=self.settings.wait)
             except queue.Empty:
                 raise self._busy() from None
+            replace = True
             try:
                 if child is None or not child.alive():
                     if child is not None:
@@ -115,16 +129,16 @@ class DecoderPool:
                     child = self._start()
                 header, payload = child.call({"kind": kind, "max_bytes": max_bytes,
                                               "max_scans": self.settings.max_scans}, data, self.settings.timeout)
-                if header["outcome"] == "memory":  # that child exits after answering: replace it now
-                    self._retire(child)
-                    child = self._start()
+                replace = header["outcome"] == "memory"  # that child exits after answering
             except _Lost as lost:
                 self._record(lost.report)
-                self._retire(child)
-                child = self._start()  # the replacement imports Pillow while nobody waits on it
+                child.kill()  # at once: it may still be burning a core
                 raise PictureError(lost.message) from None
             finally:
-                self._idle.put(child)
+                if replace:
+                    self._replace_later(child)
+                else:
+                    self._idle.put(child)
         finally:
             self._admission.release()
         self._record(Report(header["seconds"], header["peak_rss_kb"], header["outcome"]))
@@ -144,6 +158,19 @@ class DecoderPool:
         with self._lock:
             self._children.add(child)
         return child
+
+    def _replace_later(self, child: _Child | None) -> None:
+        """Reap ``child`` and start its successor off the request's path; the slot is free once it runs."""
+        def replace() -> None:
+            try:
+                if child is not None:
+                    self._retire(child)
+                successor = self._start()
+            except Exception:  # fork failed: the next upload that takes the slot tries again
+                log.warning("could not start a decoder process", exc_info=True)
+                successor = None
+            self._idle.put(successor)
+        threading.Thread(target=replace, name="decoder-replace", daemon=True).start()
 
     def _retire(self, child: _Child) -> None:
         child.stop()
@@ -215,9 +242,12 @@ class _Child:
             raise _Lost("image could not be decoded: the decoder failed on it",
                         Report(time.monotonic() - start, 0, "crashed")) from None
 
-    def stop(self) -> None:
+    def kill(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
+
+    def stop(self) -> None:
+        self.kill()
         self.process.wait()
         self.sock.close()
 
@@ -345,7 +375,20 @@ def _decode_one(request: dict[str, Any], data: bytes) -> tuple[bytes, bytes, boo
         payload = b"".join(p.data for p in pictures)
     reply["seconds"] = time.monotonic() - start
     reply["peak_rss_kb"] = _peak_rss_kb(os.getpid())
+    if reply["peak_rss_kb"] > _TRIM_ABOVE_KB:
+        _trim()
     return json.dumps(reply).encode(), payload, done
+
+
+_TRIM_ABOVE_KB = 64 * 1024
+
+
+def _trim() -> None:
+    """Hand the freed heap of a large decode back to the system, so an idle child stays small."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _reset_peak_rss() -> None:

@@ -28,8 +28,9 @@ JPEG_OPTIONS = {"quality": 85, "optimize": True, "progressive": True}
 MAX_SCANS = 100
 # Only the first frame is decoded; the count is a sanity bound on what the file claims.
 MAX_FRAMES = 5000
-# Pixel buffers the decode needs (see _decoded_bytes): 40 MP RGBA, or a 40 MP progressive YCbCr JPEG's coefficients.
-MAX_DECODED_BYTES = 256 * 2**20
+# Pixel buffers a decode needs (see _decoded_bytes), three quarters of the decoders' 512 MB budget: 40 MP RGBA
+# (160 MB) or a 40 MP progressive JPEG's coefficients (240 MB) fit; a 6000x6000 WebP (432 MB) does not.
+MAX_DECODED_BYTES = 384 * 2**20
 # PNG zTXt/iTXt/iCCP inflate at open: one chunk at most 1 MB (Pillow's default), all of them at most 4 MB.
 MAX_METADATA_BYTES = 4 * 2**20
 MAX_METADATA_CHUNK = PngImagePlugin.MAX_TEXT_CHUNK
@@ -99,12 +100,18 @@ def check_upload(data: bytes, *, max_bytes: int = 5 * 1024 * 1024, max_scans: in
 
 
 def _decoded_bytes(header: Header) -> int:
-    """The pixel buffers a decode allocates: Pillow keeps 4 bytes a pixel (1 for grey or palette PNG/GIF);
-    a progressive JPEG holds every DCT coefficient (2 bytes a sample) until its last scan, a baseline one
-    decodes a strip at a time at the reduced draft scale."""
+    """The pixel buffers a decode allocates, from the declared size.
+
+    Pillow keeps 4 bytes a pixel (1 for grey or palette PNG/GIF). A progressive JPEG holds every DCT
+    coefficient (2 bytes a sample) until its last scan; a baseline one decodes a strip at a time at the
+    reduced draft scale. Pillow reads every WebP through libwebp's animation decoder, which keeps two
+    RGBA canvases besides the one Pillow copies the frame into.
+    """
     pixels = header.width * header.height
     if header.format == "JPEG":
         return pixels * header.components * 2 if header.progressive else pixels * header.components
+    if header.format == "WEBP":
+        return pixels * 4 * 3
     return pixels * (1 if header.format == "GIF" or header.components == 1 else 4)
 
 
