@@ -93,6 +93,7 @@ class DecoderPool:
         self._children: set[_Child] = set()
         self._lock = threading.Lock()
         self.reports: list[Report] = []  # the last few, for tests and benchmarks
+        self.in_flight = 0  # uploads admitted: decoding or waiting for a child
 
     def warm(self) -> None:
         """Start every child now, in the background, so that the first upload does not wait for Pillow's import."""
@@ -116,6 +117,7 @@ class DecoderPool:
         check_upload(data, max_bytes=max_bytes, max_scans=self.settings.max_scans)  # cheap: spares a child
         if not self._admission.acquire(blocking=False):
             raise self._busy()
+        self._count(+1)
         try:
             try:
                 child = self._idle.get(timeout=self.settings.wait)
@@ -140,11 +142,16 @@ class DecoderPool:
                 else:
                     self._idle.put(child)
         finally:
+            self._count(-1)
             self._admission.release()
         self._record(Report(header["seconds"], header["peak_rss_kb"], header["outcome"]))
         if "error" in header:
             raise PictureError(header["error"], header["status"])
         return _unpack(kind, header["pictures"], payload)
+
+    def _count(self, step: int) -> None:
+        with self._lock:
+            self.in_flight += step
 
     def close(self) -> None:
         """Stop every child of this pool."""
