@@ -56,11 +56,11 @@ STARTUP_TIMEOUT = 10.0  # importing Pillow in a new child, on a loaded machine
 class DecoderSettings:
     """How many children, how many waiting uploads, and the limits of each decode."""
 
-    workers: int = 1
-    queue: int = 3
+    workers: int = 2
+    queue: int = 2
     timeout: float = 1.5
     memory_mb: int = 512
-    wait: float = 3.0
+    wait: float = 0.4
     retry_after: int = 2
     max_scans: int = 100
 

@@ -3,6 +3,7 @@ the decoder stays under its memory budget, nothing is stored, the previous pictu
 import io
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -205,3 +206,140 @@ def test_an_upload_with_a_huge_exif_block_writes_at_most_one_log_line(app, clien
     assert response.status_code == 200
     out, err = capfd.readouterr()
     assert len(caplog.records) <= 1 and len((out + err).splitlines()) <= 1
+
+
+# --- under gunicorn --------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+GUNICORN_PORTS = {"scan check on": 7210, "scan check lifted": 7211}  # this branch's loopback range: 7200-7299
+READER_P99_MS = 100.0
+
+
+def _children(pid):
+    """PIDs whose parent is ``pid`` (gunicorn's workers; their decoders are the workers' children)."""
+    found = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        if f"\nPPid:\t{pid}\n" in text:
+            found.add(int(status.parent.name))
+    return found
+
+
+def _request(conn, method, path, body=None, headers=None):
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    return response.status, response.getheader("Content-Type"), response.read()
+
+
+@pytest.fixture(params=list(GUNICORN_PORTS))
+def gunicorn_server(request, tmp_path):
+    """gunicorn (2 workers x 4 threads) on SQLite and the embedded fake Redis; yields ``(port, master pid)``."""
+    import os
+    import secrets
+    import signal
+    import subprocess
+    import sys
+    port = GUNICORN_PORTS[request.param]
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("REDIS_URL", "PUBLIC_BASE_URL", "DATABASE_URL", "MEDIA_ROOT")}
+    env.update(FLASK_APP="wsgi", DATABASE_URL=f"sqlite:///{tmp_path / 'hostile.db'}",
+               MEDIA_ROOT=str(tmp_path / "media"), RATE_LIMIT_ENABLED="false", SECRET_KEY=secrets.token_hex(20))
+    if request.param == "scan check lifted":  # the bombs reach the decoders and meet their deadline
+        env["DECODE_MAX_SCANS"] = str(10**6)
+    subprocess.run([sys.executable, "-m", "flask", "db", "upgrade"], cwd=ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(tmp_path / "gunicorn.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--workers", "2", "--threads", "4", "--bind", f"127.0.0.1:{port}",
+         "--timeout", "30", "wsgi:app"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    try:
+        _wait_until_ready(server, port)
+        yield port, server.pid
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)  # our own session: this master and its workers only
+            server.wait()
+        log.close()
+
+
+def _wait_until_ready(server, port):
+    import http.client
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert server.poll() is None, "gunicorn exited"
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            if _request(conn, "GET", "/healthz")[0] == 200 and len(_children(server.pid)) == 2:
+                time.sleep(1.0)  # the workers' decoders import Pillow in the background
+                return
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.1)
+    raise AssertionError("gunicorn did not answer /healthz within 60 s")
+
+
+def _multipart(data):
+    boundary, body = encode_multipart({"image": FileStorage(io.BytesIO(data), "photo.jpg", "image/jpeg")})
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def test_three_scan_bombs_at_once_neither_kill_a_worker_nor_slow_a_reader(gunicorn_server):
+    import http.client
+    import json
+    port, master = gunicorn_server
+    with closing(http.client.HTTPConnection("127.0.0.1", port, timeout=10)) as setup:
+        status, _, body = _request(setup, "POST", "/api/v1/auth/register", json.dumps(
+            {"email": "alice@example.com", "password": "password123", "username": "alice"}),
+            {"Content-Type": "application/json"})
+        assert status == 201
+        token, user_id = json.loads(body)["token"], json.loads(body)["user_id"]
+        auth = {"Authorization": f"Bearer {token}"}
+        picture, content_type = _multipart(jpeg_bytes())
+        assert _request(setup, "POST", PICTURE, picture, {**auth, "Content-Type": content_type})[0] == 200
+        profile = _request(setup, "GET", f"/api/v1/users/{user_id}/profile")[2]
+    workers = _children(master)
+    bomb_body, bomb_type = _multipart(scan_bomb(3000))
+    answers, reads, stop = [], [], threading.Event()
+
+    def read():
+        with closing(http.client.HTTPConnection("127.0.0.1", port, timeout=10)) as conn:
+            while not stop.is_set():
+                start = time.perf_counter()
+                status, _, body = _request(conn, "GET", f"/api/v1/users/{user_id}/profile")
+                reads.append(((time.perf_counter() - start) * 1000, status, body))
+
+    def bomb():
+        with closing(http.client.HTTPConnection("127.0.0.1", port, timeout=30)) as conn:
+            start = time.monotonic()
+            status, kind, body = _request(conn, "POST", PICTURE, bomb_body, {**auth, "Content-Type": bomb_type})
+            answers.append((status, kind, json.loads(body), time.monotonic() - start))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.3)
+    bombs = [threading.Thread(target=bomb) for _ in range(3)]
+    for thread in bombs:
+        thread.start()
+    for thread in bombs:
+        thread.join()
+    time.sleep(0.3)
+    stop.set()
+    reader.join()
+
+    latencies = sorted(latency for latency, _, _ in reads)
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    # A bomb that finds its worker's decoders busy for longer than DECODE_WAIT_SECONDS answers 503 instead.
+    assert {(status, kind) for status, kind, _, _ in answers} <= {(400, "application/json"), (503, "application/json")}
+    assert all(elapsed < ANSWER_WITHIN for _, _, _, elapsed in answers), answers
+    assert {(status, body) for _, status, body in reads} == {(200, profile)}
+    assert p99 < READER_P99_MS, f"reader p99 {p99:.1f} ms over {len(latencies)} reads"
+    assert _children(master) == workers
