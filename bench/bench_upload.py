@@ -9,6 +9,9 @@ then uploads camera-like JPEGs over that connection. Each case alternates two ve
 image, so every upload writes new files and deletes the previous ones, as a real replacement
 does. The same inputs then go through ``process_profile_picture`` in this process: the
 difference between the two medians is what HTTP, multipart parsing, storage and the database add.
+They also go through a decoder pool in this process (service/decoder.py): the difference to the
+pipeline is the hop to the decoder process (the copy of the bytes both ways, the header checks).
+``DECODE_WORKERS=0`` in the environment makes the server decode in its workers, as before the pool.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from service.decoder import DecoderPool, DecoderSettings  # noqa: E402
 from service.pictures import process_profile_picture  # noqa: E402
 from tests.images import photo_jpeg  # noqa: E402
 
@@ -64,11 +68,19 @@ def main() -> int:
         finally:
             conn.close()
     pipeline_times = {name: _time_pipeline(images, runs) for name, images in cases}
+    pool = DecoderPool(DecoderSettings())
+    try:
+        pool_times = {name: _times(lambda data: pool.run(process_profile_picture, data, max_bytes=5 * 2**20),
+                                   images, runs) for name, images in cases}
+    finally:
+        pool.close()
 
+    decoders = os.environ.get("DECODE_WORKERS", "2")
     print(f"profile picture upload under gunicorn ({args.workers} workers x {args.threads} threads, SQLite, "
-          f"local disk), {runs} uploads per case over one keep-alive connection, times in ms")
+          f"local disk, DECODE_WORKERS={decoders}), {runs} uploads per case over one keep-alive connection, "
+          f"times in ms")
     header = (f"{'case':<15}{'input KB':>9}{'HTTP med':>10}{'p95':>8}{'pipeline med':>14}{'p95':>8}"
-              f"{'HTTP - pipeline':>17}{'reconnects':>12}")
+              f"{'HTTP - pipeline':>17}{'pool med':>10}{'p95':>8}{'reconnects':>12}")
     print(header)
     print("-" * len(header))
     for name, images in cases:
@@ -77,7 +89,8 @@ def main() -> int:
         size = statistics.mean(len(image) for image in images) / 1024
         print(f"{name:<15}{size:>9.0f}{statistics.median(samples):>10.1f}{_p95(samples):>8.1f}"
               f"{statistics.median(pipeline):>14.1f}{_p95(pipeline):>8.1f}"
-              f"{statistics.median(samples) - statistics.median(pipeline):>17.1f}{reconnects:>12}")
+              f"{statistics.median(samples) - statistics.median(pipeline):>17.1f}"
+              f"{statistics.median(pool_times[name]):>10.1f}{_p95(pool_times[name]):>8.1f}{reconnects:>12}")
     return 0
 
 

@@ -135,6 +135,7 @@ class DecoderPool:
             except _Lost as lost:
                 self._record(lost.report)
                 child.kill()  # at once: it may still be burning a core
+                log.warning("picture decoder %s replaced: %s", lost.report.outcome, lost.message)  # one line
                 raise PictureError(lost.message) from None
             finally:
                 if replace:
@@ -343,6 +344,7 @@ def decoder_main(fd: int, memory_bytes: int) -> None:
 
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # a decoder has no file to write
     os.nice(10)  # the workers answering reads come first
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on gunicorn: the parent stops us
     # Nothing a hostile file makes Pillow say may reach a log: one upload once wrote 8,000 EXIF warnings.

@@ -19,6 +19,9 @@ _JPEG_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 _PNG_READ = {b"IHDR", b"acTL", b"fcTL", b"zTXt", b"iCCP", b"iTXt"}
+# Segments, chunks or GIF sub-blocks walked at most: a legitimate 5 MB file has at most ~20,000 (GIF's
+# 255-byte sub-blocks); a file of empty ones would keep the worker in this Python loop for half a second.
+MAX_PARTS = 50_000
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Header:
     largest_frame: int = 0         # pixels of the largest frame (GIF, APNG, WebP) or 0
     metadata_bytes: int = 0        # PNG: zTXt/iTXt/iCCP payloads once inflated (counted up to a cap)
     largest_metadata: int = 0
+    parts: int = 0                 # segments, chunks or sub-blocks walked; the walk stops past MAX_PARTS
 
 
 def read_header(data: bytes, *, metadata_cap: int) -> Header | None:
@@ -53,7 +57,8 @@ def read_header(data: bytes, *, metadata_cap: int) -> Header | None:
 def _jpeg(data: bytes) -> Header:
     header = Header("JPEG")
     pos, end = 2, len(data)
-    while pos + 4 <= end:
+    while pos + 4 <= end and header.parts <= MAX_PARTS:
+        header.parts += 1
         if data[pos] != 0xFF:
             break
         marker = data[pos + 1]
@@ -84,7 +89,8 @@ def _png(data: bytes, metadata_cap: int) -> Header:
     header = Header("PNG")
     pos, end = 8, len(data)
     channels = bit_depth = 0
-    while pos + 8 <= end:
+    while pos + 8 <= end and header.parts <= MAX_PARTS:
+        header.parts += 1
         length, kind = struct.unpack_from(">I4s", data, pos)
         body = data[pos + 8:pos + 8 + length] if kind in _PNG_READ else b""
         if kind == b"IHDR" and len(body) >= 13:
@@ -137,26 +143,27 @@ def _gif(data: bytes) -> Header:
         return header
     header.width, header.height, flags = struct.unpack_from("<HHB", data, 6)
     pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
-    while pos < end:
+    while pos < end and header.parts <= MAX_PARTS:
         block = data[pos]
         if block == 0x3B:  # trailer
             break
         if block == 0x21:  # extension: label, then sub-blocks
-            pos = _gif_skip_sub_blocks(data, pos + 2)
+            pos = _gif_skip_sub_blocks(data, pos + 2, header)
         elif block == 0x2C and pos + 10 <= end:  # image descriptor
             width, height, flags = struct.unpack_from("<HHB", data, pos + 5)
             header.frames += 1
             header.largest_frame = max(header.largest_frame, width * height)
             pos += 10 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
-            pos = _gif_skip_sub_blocks(data, pos + 1)  # after the LZW minimum code size
+            pos = _gif_skip_sub_blocks(data, pos + 1, header)  # after the LZW minimum code size
         else:
             break
     return header
 
 
-def _gif_skip_sub_blocks(data: bytes, pos: int) -> int:
+def _gif_skip_sub_blocks(data: bytes, pos: int, header: Header) -> int:
     end = len(data)
-    while pos < end:
+    while pos < end and header.parts <= MAX_PARTS:
+        header.parts += 1
         size = data[pos]
         pos += 1 + size
         if size == 0:
@@ -167,7 +174,8 @@ def _gif_skip_sub_blocks(data: bytes, pos: int) -> int:
 def _webp(data: bytes) -> Header:
     header = Header("WEBP", frames=0)
     pos, end = 12, len(data)
-    while pos + 8 <= end:
+    while pos + 8 <= end and header.parts <= MAX_PARTS:
+        header.parts += 1
         kind, length = struct.unpack_from("<4sI", data, pos)
         body = data[pos + 8:pos + 8 + min(length, 32)]
         if kind == b"VP8X" and len(body) >= 10:

@@ -10,7 +10,7 @@ from io import BytesIO
 import pillow_heif
 from PIL import ExifTags, Image, ImageCms, ImageOps, JpegImagePlugin, PngImagePlugin
 
-from service.image_headers import Header, read_header
+from service.image_headers import MAX_PARTS, Header, read_header
 
 pillow_heif.register_heif_opener()
 
@@ -82,6 +82,8 @@ def check_upload(data: bytes, *, max_bytes: int = 5 * 1024 * 1024, max_scans: in
     header = read_header(data, metadata_cap=MAX_METADATA_BYTES)
     if header is None:
         return  # HEIF, or not an image: Image.open decides
+    if header.parts > MAX_PARTS:
+        raise PictureError(f"image has too many segments: over {MAX_PARTS}")
     if header.width * header.height > MAX_PIXELS:
         raise _too_large(header.width * header.height)
     if header.largest_frame > MAX_PIXELS:

@@ -15,9 +15,12 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
+import pillow_heif
 from PIL import Image
 
 from tests.images import encode, photo
+
+pillow_heif.register_heif_opener()  # HEIC seeds; the service registers it too, but this module stands alone
 
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
@@ -312,6 +315,19 @@ def mutations(count: int = 200, seed: int = 20260) -> list[Hostile]:
     return [Hostile(f"mutated {names[n % 4]}", mutate(sources[n % 4], rng), "any") for n in range(count)]
 
 
+def segment_floods() -> dict[str, bytes]:
+    """About 5 MB of empty segments, chunks or sub-blocks: cheap to send, slow for a walker in Python."""
+    png = valid_images()["PNG"]
+    return {
+        "JPEG of 1M empty comments": b"\xff\xd8" + b"\xff\xfe\x00\x02" * 1_000_000 + valid_images()["JPEG"][2:],
+        "PNG of 400000 empty chunks": png[:33] + png_chunk(b"abCd", b"") * 400_000 + png[33:],
+        "GIF of 2M one-byte sub-blocks": (b"GIF89a" + struct.pack("<HHBBB", 10, 10, 0, 0, 0)
+                                          + b"\x2c" + struct.pack("<HHHHB", 0, 0, 10, 10, 0) + b"\x02"
+                                          + b"\x01\x00" * 2_000_000 + b"\x00\x3b"),
+        "WebP of 500000 empty chunks": _riff([(b"ABCD", b"")] * 500_000),
+    }
+
+
 def corpus() -> dict[str, Hostile]:
     """Every named hostile input (the mutations come separately, from ``mutations()``)."""
     valid = valid_images()
@@ -342,6 +358,8 @@ def corpus() -> dict[str, Hostile]:
         "HTML behind a JPEG signature": Hostile("disguise", b"\xff\xd8\xff\xe0" + HTML, "4xx"),
         "HTML behind a PNG signature": Hostile("disguise", b"\x89PNG\r\n\x1a\n" + HTML, "4xx"),
     }
+    for name, data in segment_floods().items():
+        entries[name] = Hostile("segment flood", data, "4xx")
     for name, data in valid.items():
         for fraction in (0.05, 0.5, 0.9):
             entries[f"{name} cut to {fraction:.0%}"] = Hostile("truncated", data[:int(len(data) * fraction)], "4xx")
