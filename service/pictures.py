@@ -29,7 +29,7 @@ MAX_SCANS = 100
 # Only the first frame is decoded; the count is a sanity bound on what the file claims.
 MAX_FRAMES = 5000
 # Pixel buffers a decode needs (see _decoded_bytes), three quarters of the decoders' 512 MB budget: 40 MP RGBA
-# (160 MB) or a 40 MP progressive JPEG's coefficients (240 MB) fit; a 6000x6000 WebP (432 MB) does not.
+# (160 MB) or a 40 MP progressive JPEG's coefficients (240 MB) fit; a 6000x6000 WebP (412 MB) does not.
 MAX_DECODED_BYTES = 384 * 2**20
 # PNG zTXt/iTXt/iCCP inflate at open: one chunk at most 1 MB (Pillow's default), all of them at most 4 MB.
 MAX_METADATA_BYTES = 4 * 2**20
@@ -73,12 +73,17 @@ class ProfilePicture:
     thumbnail: Picture
 
 
-def check_upload(data: bytes, *, max_bytes: int = 5 * 1024 * 1024, max_scans: int = MAX_SCANS) -> None:
-    """Refuse, from its size and headers alone, an upload that is empty, too large or too costly to decode."""
+def check_size(data: bytes, *, max_bytes: int = 5 * 1024 * 1024) -> None:
+    """Refuse an empty upload, or one over ``max_bytes`` (413)."""
     if not data:
         raise PictureError("empty file")
     if len(data) > max_bytes:
         raise PictureError(f"file too large: {len(data) / 2**20:.1f} MB (max {max_bytes / 2**20:g} MB)", 413)
+
+
+def check_upload(data: bytes, *, max_bytes: int = 5 * 1024 * 1024, max_scans: int = MAX_SCANS) -> None:
+    """Refuse, from its size and headers alone, an upload that is empty, too large or too costly to decode."""
+    check_size(data, max_bytes=max_bytes)
     header = read_header(data, metadata_cap=MAX_METADATA_BYTES)
     if header is None:
         return  # HEIF, or not an image: Image.open decides
