@@ -4,8 +4,7 @@
 
 Every input goes through both pipelines (profile picture, flyer image) of a pool with the default
 settings, then the scan bombs once more with the scan check lifted, so that they meet the decode
-deadline. "peak MB" is the decoder's VmHWM during that decode ("-": refused by the header checks,
-in the worker, before any decoder was involved).
+deadline. "peak MB" is the highest decoder VmHWM of the class (reset before each decode).
 """
 from __future__ import annotations
 
@@ -58,7 +57,7 @@ def _measure(settings: DecoderSettings, entries: list[tuple[str, Hostile]]) -> d
             row = rows[hostile.kind]
             row["inputs"] += 1
             for function in (process_profile_picture, process_flyer_image):
-                reports = len(pool.reports)
+                mark = pool.decodes
                 start = time.perf_counter()
                 try:
                     pool.run(function, hostile.data, max_bytes=5 * 2**20)
@@ -68,7 +67,7 @@ def _measure(settings: DecoderSettings, entries: list[tuple[str, Hostile]]) -> d
                     row["refused"] += 1
                     outcome = f"{error.status} {error.message}"
                 row["times"].append(time.perf_counter() - start)
-                row["peaks"] += [report.peak_rss_kb for report in pool.reports[reports:]]
+                row["peaks"] += [report.peak_rss_kb for report in pool.reports_since(mark)]
                 row["outcomes"][outcome] += 1
     finally:
         pool.close()

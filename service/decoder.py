@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -92,7 +93,8 @@ class DecoderPool:
             self._idle.put(None)  # started on first use
         self._children: set[_Child] = set()
         self._lock = threading.Lock()
-        self.reports: list[Report] = []  # the last few, for tests and benchmarks
+        self.reports: deque[Report] = deque(maxlen=1000)  # the last decodes, for tests and benchmarks
+        self.decodes = 0  # reports ever recorded: ``reports_since(mark)`` finds the newer ones
         self.in_flight = 0  # uploads admitted: decoding or waiting for a child
 
     def warm(self) -> None:
@@ -202,8 +204,15 @@ class DecoderPool:
         with self._lock:
             self._children.discard(child)
 
+    def reports_since(self, mark: int) -> list[Report]:
+        """The reports recorded after ``decodes`` was ``mark`` (at most the last 1,000)."""
+        with self._lock:
+            return list(self.reports)[len(self.reports) - min(self.decodes - mark, len(self.reports)):]
+
     def _record(self, report: Report) -> None:
-        self.reports = [*self.reports[-99:], report]
+        with self._lock:
+            self.reports.append(report)
+            self.decodes += 1
 
     def _busy(self) -> PictureError:
         return PictureError("too many pictures are being processed, try again shortly", 503,
