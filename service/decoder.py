@@ -4,8 +4,10 @@ A hostile image (a scan bomb, a canvas bomb, a decoder bug) costs a child proces
 worker: each child runs under ``RLIMIT_AS`` (an allocation past the budget fails inside the
 child), at a lower CPU priority than the workers, and is killed with SIGKILL when a decode
 outlives its deadline; a fresh child replaces it. Each worker process starts its own children
-lazily, after gunicorn forks it. ``workers + queue`` uploads at most are admitted per process;
-the next one answers 503 with ``Retry-After`` at once, so uploads cannot take every thread.
+after gunicorn forks it (``warm`` at app creation, or on first use). ``workers + queue`` uploads
+at most are admitted per process, and an admitted one waits ``wait`` seconds at most for a child;
+otherwise it answers 503 with ``Retry-After``, so uploads cannot take every thread.
+The worker checks only the size; the header checks (``pictures.check_upload``) run in the child.
 
 Parent and child speak over a socketpair: a JSON header and raw bytes each way, never pickle
 (the child has read hostile input and is not trusted). The child imports ``service.pictures``
