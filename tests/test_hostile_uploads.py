@@ -24,6 +24,12 @@ MUTATIONS = mutations(200)
 FLYER_FIELDS = {"title": "Bakery sale", "location_address": "Main St. 1, Zurich", "lat": "47.37", "lng": "8.54"}
 
 
+@pytest.fixture
+def database_url(tmp_path):
+    """SQLite only: what a hostile image does happens before the database (the suite's other tests cover PostgreSQL)."""
+    return f"sqlite:///{tmp_path / 'test.db'}"
+
+
 def _post(client, url, headers, fields):
     # Encoded in memory: the test client would spool a large body to a temporary file it never closes.
     boundary, body = encode_multipart(fields)
