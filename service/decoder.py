@@ -52,6 +52,7 @@ _BOOTSTRAP = (
     "from service.decoder import decoder_main\n"
     "decoder_main(int(sys.argv[2]), int(sys.argv[3]))\n"
 )
+_CHILD_ENV = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
 STARTUP_TIMEOUT = 10.0  # importing Pillow in a new child, on a loaded machine
 
 
@@ -241,7 +242,9 @@ class _Child:
     @classmethod
     def spawn(cls, memory_mb: int) -> _Child:
         ours, theirs = socket.socketpair()
-        env = {**os.environ, "MALLOC_ARENA_MAX": "2"}  # each thread arena reserves 64 MB of address space
+        # Not the worker's environment: a decoder reads hostile bytes and has no use for SECRET_KEY or DATABASE_URL.
+        env = {name: os.environ[name] for name in _CHILD_ENV if name in os.environ}
+        env["MALLOC_ARENA_MAX"] = "2"  # each glibc thread arena reserves 64 MB of address space
         try:
             process = subprocess.Popen(
                 [sys.executable, "-c", _BOOTSTRAP, _SERVICE_DIR, str(theirs.fileno()), str(memory_mb * 2**20)],
