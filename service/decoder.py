@@ -16,14 +16,12 @@ without the Flask application (see ``_BOOTSTRAP``) and returns its exact output.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import json
 import logging
 import os
 import queue
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -33,23 +31,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from service.pictures import (CORRUPT, Picture, PictureError, ProfilePicture, check_size, process_flyer_image,
-                              process_profile_picture)
+from service.decoder_child import FRAME, KINDS, peak_rss_kb, receive, recv_exact
+from service.pictures import Picture, PictureError, ProfilePicture, check_size
 
 log = logging.getLogger(__name__)
 
-_FRAME = struct.Struct(">II")  # header length, payload length
-_KINDS: dict[str, Callable[..., Any]] = {
-    "process_profile_picture": process_profile_picture,
-    "process_flyer_image": process_flyer_image,
-}
 _SERVICE_DIR = os.path.dirname(os.path.abspath(__file__))
 # Runs ``decoder_main`` with ``service`` as a bare namespace: importing the real package would load Flask,
 # SQLAlchemy and the app (~1.2 s and ~75 MB) into every child that only needs Pillow.
 _BOOTSTRAP = (
     "import sys, types\n"
     "package = types.ModuleType('service'); package.__path__ = [sys.argv[1]]; sys.modules['service'] = package\n"
-    "from service.decoder import decoder_main\n"
+    "from service.decoder_child import decoder_main\n"
     "decoder_main(int(sys.argv[2]), int(sys.argv[3]))\n"
 )
 _CHILD_ENV = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
@@ -117,7 +110,7 @@ class DecoderPool:
         if self.settings.workers <= 0:  # in the worker itself: only for benchmarks that compare the two
             return function(data, max_bytes=max_bytes, max_scans=self.settings.max_scans)
         kind = function.__name__
-        if kind not in _KINDS:
+        if kind not in KINDS:
             raise TypeError(f"not a picture pipeline: {kind}")
         # The header checks (check_upload) run in the child, before it decodes: their worst case (~50 ms of
         # Python on 5 MB of empty segments) then costs the worker nothing. Size alone is checked here.
@@ -261,7 +254,7 @@ class _Child:
         if not self.ready:  # the child says "ready" once Pillow is imported; that is not the image's time
             self.sock.settimeout(STARTUP_TIMEOUT)
             try:
-                if _recv_exact(self.sock, 1) != b"R":
+                if recv_exact(self.sock, 1) != b"R":
                     raise EOFError("no ready byte")
             except (OSError, EOFError):
                 raise _Lost("image could not be decoded: the decoder did not start",
@@ -271,10 +264,10 @@ class _Child:
         deadline = start + timeout
         try:
             _send(self.sock, json.dumps(request).encode(), data, deadline)
-            header_bytes, payload = _receive(self.sock, deadline)
+            header_bytes, payload = receive(self.sock, deadline)
             return json.loads(header_bytes), payload
         except TimeoutError:
-            peak = _peak_rss_kb(self.process.pid)
+            peak = peak_rss_kb(self.process.pid)
             raise _Lost(f"image takes too long to decode (limit {timeout:g} s)",
                         Report(time.monotonic() - start, peak, "timeout")) from None
         except (OSError, EOFError, ValueError):  # EOF or garbage: the child died (a crash, or the kernel killed it)
@@ -293,30 +286,9 @@ class _Child:
 
 def _send(sock: socket.socket, header: bytes, payload: bytes, deadline: float) -> None:
     sock.settimeout(max(0.001, deadline - time.monotonic()))
-    sock.sendall(_FRAME.pack(len(header), len(payload)) + header)
+    sock.sendall(FRAME.pack(len(header), len(payload)) + header)
     sock.settimeout(max(0.001, deadline - time.monotonic()))
     sock.sendall(payload)
-
-
-def _receive(sock: socket.socket, deadline: float | None) -> tuple[bytes, bytes]:
-    def read(size: int) -> bytes:
-        if deadline is not None:
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
-        return _recv_exact(sock, size)
-
-    header_size, payload_size = _FRAME.unpack(read(_FRAME.size))
-    return read(header_size), read(payload_size)
-
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    chunks, missing = [], size
-    while missing:
-        chunk = sock.recv(min(missing, 1 << 20))
-        if not chunk:
-            raise EOFError("socket closed")
-        chunks.append(chunk)
-        missing -= len(chunk)
-    return b"".join(chunks)
 
 
 def _unpack(kind: str, sizes: list[list[int]], payload: bytes) -> Any:
@@ -325,18 +297,6 @@ def _unpack(kind: str, sizes: list[list[int]], payload: bytes) -> Any:
         pictures.append(Picture(payload[offset:offset + length], width, height))
         offset += length
     return ProfilePicture(*pictures) if kind == "process_profile_picture" else pictures[0]
-
-
-def _peak_rss_kb(pid: int) -> int:
-    """The process's peak resident set (VmHWM) in kB, or 0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 # --- one pool per process ------------------------------------------------------------------------------------
@@ -364,77 +324,3 @@ def _close_pools() -> None:
     if _pools_pid == os.getpid():
         for pool in list(_pools.values()):
             pool.close()
-
-
-# --- the child -----------------------------------------------------------------------------------------------
-
-def decoder_main(fd: int, memory_bytes: int) -> None:
-    """Serve decode requests on socket ``fd`` until the parent closes it, never above ``memory_bytes``."""
-    import resource
-    import warnings
-
-    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # a decoder has no file to write
-    os.nice(10)  # the workers answering reads come first
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on gunicorn: the parent stops us
-    # Nothing a hostile file makes Pillow say may reach a log: one upload once wrote 8,000 EXIF warnings.
-    warnings.simplefilter("ignore")
-    logging.disable(logging.CRITICAL)
-    sock = socket.socket(fileno=fd)
-    sock.sendall(b"R")
-    while True:
-        try:
-            header_bytes, data = _receive(sock, None)
-        except (EOFError, OSError):
-            return  # the worker closed our socket or died
-        request = json.loads(header_bytes)
-        reply, payload, done = _decode_one(request, data)
-        sock.sendall(_FRAME.pack(len(reply), len(payload)) + reply + payload)
-        if done:
-            return  # after a MemoryError, start afresh rather than trust a half-failed heap
-
-
-def _decode_one(request: dict[str, Any], data: bytes) -> tuple[bytes, bytes, bool]:
-    _reset_peak_rss()
-    start = time.monotonic()
-    reply: dict[str, Any]
-    payload, done = b"", False
-    try:
-        result = _KINDS[request["kind"]](data, max_bytes=request["max_bytes"], max_scans=request["max_scans"])
-    except PictureError as error:
-        reply = {"error": error.message, "status": error.status, "outcome": "refused"}
-    except MemoryError:
-        reply = {"error": "image needs too much memory to decode", "status": 400, "outcome": "memory"}
-        done = True
-    except Exception:  # a decoder's own failure on bytes the checks let through
-        reply = {"error": CORRUPT, "status": 400, "outcome": "refused"}
-    else:
-        pictures = [result.full, result.thumbnail] if isinstance(result, ProfilePicture) else [result]
-        reply = {"pictures": [[p.width, p.height, len(p.data)] for p in pictures], "outcome": "ok"}
-        payload = b"".join(p.data for p in pictures)
-    reply["seconds"] = time.monotonic() - start
-    reply["peak_rss_kb"] = _peak_rss_kb(os.getpid())
-    if reply["peak_rss_kb"] > _TRIM_ABOVE_KB:
-        _trim()
-    return json.dumps(reply).encode(), payload, done
-
-
-_TRIM_ABOVE_KB = 64 * 1024
-
-
-def _trim() -> None:
-    """Hand the freed heap of a large decode back to the system, so an idle child stays small."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
-def _reset_peak_rss() -> None:
-    """Start VmHWM afresh, so it reports this decode's peak rather than the child's lifetime peak."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-    except OSError:
-        pass
