@@ -9,6 +9,9 @@ then uploads camera-like JPEGs over that connection. Each case alternates two ve
 image, so every upload writes new files and deletes the previous ones, as a real replacement
 does. The same inputs then go through ``process_profile_picture`` in this process: the
 difference between the two medians is what HTTP, multipart parsing, storage and the database add.
+They also go through a decoder pool in this process (service/decoder.py): the difference to the
+pipeline is the hop to the decoder process (the copy of the bytes both ways, the header checks).
+``DECODE_WORKERS=0`` in the environment makes the server decode in its workers, as before the pool.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from service.decoder import DecoderPool, DecoderSettings  # noqa: E402
 from service.pictures import process_profile_picture  # noqa: E402
 from tests.images import photo_jpeg  # noqa: E402
 
@@ -45,6 +49,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="3 uploads per case, for a CI smoke test")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker (default 4)")
+    parser.add_argument("--port", type=int, default=0, help="loopback port for gunicorn (default: a free one)")
     args = parser.parse_args()
     runs = 3 if args.quick else max(1, args.runs)
     # A SIGTERM to the bench must still stop gunicorn: turn it into an exception the finally clauses see.
@@ -55,7 +60,7 @@ def main() -> int:
         ("3 MP ~500 KB", [photo_jpeg((2000, 1500), quality=90), photo_jpeg((2000, 1500), quality=89)]),
     ]
     with tempfile.TemporaryDirectory(prefix="bench-upload-") as workdir, \
-            _gunicorn(Path(workdir), args.workers, args.threads) as port:
+            _gunicorn(Path(workdir), args.workers, args.threads, args.port) as port:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         try:
             token = _register(conn)
@@ -63,11 +68,21 @@ def main() -> int:
         finally:
             conn.close()
     pipeline_times = {name: _time_pipeline(images, runs) for name, images in cases}
+    pool = DecoderPool(DecoderSettings())
+    through_pool = lambda data: pool.run(process_profile_picture, data, max_bytes=5 * 2**20)  # noqa: E731
+    try:
+        pool_times = {name: _times(through_pool, images, runs) for name, images in cases}
+        cpu = {name: (_cpu_ms(process_profile_picture, images, 3 * runs, lambda: 0.0),
+                      _cpu_ms(through_pool, images, 3 * runs, pool.cpu_seconds)) for name, images in cases}
+    finally:
+        pool.close()
 
+    decoders = os.environ.get("DECODE_WORKERS", "2")
     print(f"profile picture upload under gunicorn ({args.workers} workers x {args.threads} threads, SQLite, "
-          f"local disk), {runs} uploads per case over one keep-alive connection, times in ms")
+          f"local disk, DECODE_WORKERS={decoders}), {runs} uploads per case over one keep-alive connection, "
+          f"times in ms")
     header = (f"{'case':<15}{'input KB':>9}{'HTTP med':>10}{'p95':>8}{'pipeline med':>14}{'p95':>8}"
-              f"{'HTTP - pipeline':>17}{'reconnects':>12}")
+              f"{'HTTP - pipeline':>17}{'pool med':>10}{'p95':>8}{'reconnects':>12}")
     print(header)
     print("-" * len(header))
     for name, images in cases:
@@ -76,12 +91,28 @@ def main() -> int:
         size = statistics.mean(len(image) for image in images) / 1024
         print(f"{name:<15}{size:>9.0f}{statistics.median(samples):>10.1f}{_p95(samples):>8.1f}"
               f"{statistics.median(pipeline):>14.1f}{_p95(pipeline):>8.1f}"
-              f"{statistics.median(samples) - statistics.median(pipeline):>17.1f}{reconnects:>12}")
+              f"{statistics.median(samples) - statistics.median(pipeline):>17.1f}"
+              f"{statistics.median(pool_times[name]):>10.1f}{_p95(pool_times[name]):>8.1f}{reconnects:>12}")
+    print("CPU per picture (this process plus its decoders, which wall times on a busy machine hide), ms:")
+    for name, (inline, pooled) in cpu.items():
+        print(f"  {name:<15} in process {inline:6.1f}   through the pool {pooled:6.1f}   "
+              f"hop {pooled - inline:+5.1f} ({(pooled / inline - 1) * 100:+.0f}%)")
     return 0
 
 
+def _cpu_ms(function: Callable[[bytes], object], images: list[bytes], runs: int,
+            children: Callable[[], float]) -> float:
+    """Mean CPU milliseconds of one call: this process's time plus what ``children()`` adds meanwhile."""
+    for image in images:
+        function(image)
+    start, start_children = time.process_time(), children()
+    for run in range(runs):
+        function(images[run % len(images)])
+    return (time.process_time() - start + children() - start_children) * 1000 / runs
+
+
 @contextmanager
-def _gunicorn(workdir: Path, workers: int, threads: int) -> Iterator[int]:
+def _gunicorn(workdir: Path, workers: int, threads: int, port: int = 0) -> Iterator[int]:
     """Migrate a fresh database, run gunicorn on a free loopback port until the block ends, yield the port."""
     env = {name: value for name, value in os.environ.items()
            if name not in ("REDIS_URL", "PUBLIC_BASE_URL", "DATABASE_URL", "MEDIA_ROOT")}
@@ -94,7 +125,7 @@ def _gunicorn(workdir: Path, workers: int, threads: int) -> Iterator[int]:
     })
     subprocess.run([sys.executable, "-m", "flask", "db", "upgrade"], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    port = _free_port()
+    port = port or _free_port()
     log = open(workdir / "gunicorn.log", "wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--threads", str(threads),

@@ -109,6 +109,9 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
 
     from service.commands import register_commands
     register_commands(app)
+    if not app.testing:  # under gunicorn this runs in each worker, after the fork
+        from service.decoder import DecoderSettings, pool_for
+        pool_for(DecoderSettings.from_config(app.config)).warm()
     if app.config["CACHE_FAST_PATH"]:
         app.wsgi_app = CachedReads(app.wsgi_app, cache, app.config, audit=audit)
     app.wsgi_app = Edge(app.wsgi_app, app.config, observe=app.config["CACHE_FAST_PATH"])

@@ -31,6 +31,16 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "JSON_MAX_BYTES": int(env.get("JSON_MAX_BYTES", str(64 * 1024))),
         "MAX_CONTENT_LENGTH": int(env.get("UPLOAD_MAX_REQUEST_BYTES", str(27 * 1024 * 1024))),
         "PICTURE_MAX_BYTES": int(env.get("PICTURE_MAX_BYTES", str(5 * 1024 * 1024))),
+        # Pictures decode in child processes (service/decoder.py): per worker process, DECODE_WORKERS children
+        # and DECODE_QUEUE waiting uploads at most, each waiting DECODE_WAIT_SECONDS at most (else 503 with
+        # Retry-After); each decode under a deadline and RLIMIT_AS. See docs/SECURITY.md.
+        "DECODE_WORKERS": int(env.get("DECODE_WORKERS", "2")),
+        "DECODE_QUEUE": int(env.get("DECODE_QUEUE", "2")),
+        "DECODE_TIMEOUT_SECONDS": float(env.get("DECODE_TIMEOUT_SECONDS", "1.5")),
+        "DECODE_MEMORY_MB": int(env.get("DECODE_MEMORY_MB", "512")),
+        "DECODE_WAIT_SECONDS": float(env.get("DECODE_WAIT_SECONDS", "0.4")),
+        "DECODE_RETRY_AFTER_SECONDS": int(env.get("DECODE_RETRY_AFTER_SECONDS", "2")),
+        "DECODE_MAX_SCANS": int(env.get("DECODE_MAX_SCANS", "100")),
         "RATE_LIMIT_ENABLED": _bool(env.get("RATE_LIMIT_ENABLED", "true")),
         "RATE_LIMIT_AUTH": env.get("RATE_LIMIT_AUTH", "10 per minute"),
         "CACHE_DEFAULT_TTL": float(env.get("CACHE_DEFAULT_TTL", "300")),

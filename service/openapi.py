@@ -103,6 +103,13 @@ def _errors(*codes: int) -> dict[int, Any]:
     return answers
 
 
+def _upload_errors(*codes: int) -> dict[int, Any]:
+    """An upload's errors: its 503 also means every picture decoder of the server is busy."""
+    answers = _errors(*codes)
+    answers[503] = {**answers[503], "description": "Database unavailable, or every picture decoder busy"}
+    return answers
+
+
 def _json(schema: Any, description: str, *headers: str) -> dict[str, Any]:
     answer: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": schema}}}
     if headers:
@@ -146,7 +153,9 @@ def _idempotent(operation: dict[str, Any]) -> dict[str, Any]:
 IMAGE_TYPES = "image/jpeg, image/png, image/webp, image/gif, image/heic, image/heif"
 IMAGE = {"type": "string", "format": "binary", "minLength": 1,
          "description": "A JPEG, PNG, WebP, GIF or HEIC image of at most 5 MB, recognised by its content; "
-                        "anything else answers 400, a larger file 413."}
+                        "anything else answers 400, a larger file 413. An image too costly to decode (over "
+                        "40 megapixels, too many scans or frames, over the decoder's time or memory limit) "
+                        "answers 400; while every decoder is busy, 503 with Retry-After."}
 MULTIPART_IMAGE = {"multipart/form-data": {
     "schema": {"type": "object", "required": ["image"], "additionalProperties": False,
                "properties": {"image": IMAGE}},
@@ -224,7 +233,7 @@ def build_spec() -> dict[str, Any]:
                      "description": "The image type is chosen by content: anything that is not JPEG, PNG, "
                                     "WebP, GIF or HEIC answers 400; a body that is not multipart answers 415.",
                      "requestBody": {"required": True, "content": MULTIPART_IMAGE},
-                     "responses": {**profile_write, **_errors(400, 401, 404, 413, 415, 503)}}),
+                     "responses": {**profile_write, **_upload_errors(400, 401, 404, 413, 415, 503)}}),
             "delete": {"summary": "Remove your profile picture", "security": BEARER,
                        "responses": {**profile_write, **_errors(401, 404, 503)}}},
         "/api/v1/users/{user_id}/flyers": {
@@ -232,7 +241,7 @@ def build_spec() -> dict[str, Any]:
         "/api/v1/flyers": {"post": _idempotent({
             "summary": "Create a flyer", "security": BEARER, "requestBody": {"required": True, "content": _flyer_form(marshmallow.converter)},
             "responses": {201: _json("Flyer", "Created", "Location", "ETag", "Cache-Control"),
-                          **_errors(400, 401, 404, 413, 415, 503)}})},
+                          **_upload_errors(400, 401, 404, 413, 415, 503)}})},
         "/api/v1/flyers/{flyer_id}": {
             "get": _cached_read("Flyer", "A flyer that is valid now", [_path_id("flyer_id"), IF_NONE_MATCH], 404, 503),
             "patch": {"summary": "Edit your flyer", "security": BEARER, "parameters": [_path_id("flyer_id")],

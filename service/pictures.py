@@ -8,22 +8,36 @@ from dataclasses import dataclass
 from io import BytesIO
 
 import pillow_heif
-from PIL import ExifTags, Image, ImageCms, ImageOps, JpegImagePlugin
+from PIL import ExifTags, Image, ImageCms, ImageOps, JpegImagePlugin, PngImagePlugin
+
+from service.image_headers import MAX_PARTS, Header, read_header
 
 pillow_heif.register_heif_opener()
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "HEIF")
 UNSUPPORTED = "not a supported image (JPEG, PNG, WebP, GIF, HEIC)"
 CORRUPT = "image is corrupt or truncated"
+TOO_COSTLY = "image needs too much memory to decode"
 MAX_MEGAPIXELS = 40
 MAX_PIXELS = MAX_MEGAPIXELS * 1_000_000
 PROFILE_WIDTH = 500
 THUMBNAIL_SIZE = 128
 FLYER_LONG_SIDE = 2048
 JPEG_OPTIONS = {"quality": 85, "optimize": True, "progressive": True}
+# A camera's progressive JPEG has about 10 scans; each scan is another pass over every coefficient.
+MAX_SCANS = 100
+# Only the first frame is decoded; the count is a sanity bound on what the file claims.
+MAX_FRAMES = 5000
+# Pixel buffers a decode needs (see _decoded_bytes), three quarters of the decoders' 512 MB budget: 40 MP RGBA
+# (160 MB) or a 40 MP progressive JPEG's coefficients (240 MB) fit; a 6000x6000 WebP (412 MB) does not.
+MAX_DECODED_BYTES = 384 * 2**20
+# PNG zTXt/iTXt/iCCP inflate at open: one chunk at most 1 MB (Pillow's default), all of them at most 4 MB.
+MAX_METADATA_BYTES = 4 * 2**20
+MAX_METADATA_CHUNK = PngImagePlugin.MAX_TEXT_CHUNK
 
 # Pillow's own bomb guard stays on as a second line behind our header check, at our limit (below its default).
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+PngImagePlugin.MAX_TEXT_MEMORY = MAX_METADATA_BYTES
 
 Size = tuple[int, int]
 Converter = Callable[[Image.Image], Image.Image]
@@ -35,10 +49,11 @@ _TRANSPOSE = {2: _T.FLIP_LEFT_RIGHT, 3: _T.ROTATE_180, 4: _T.FLIP_TOP_BOTTOM, 5:
 class PictureError(Exception):
     """An upload that cannot become a picture; ``status`` is the HTTP status to answer with."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -58,13 +73,64 @@ class ProfilePicture:
     thumbnail: Picture
 
 
-def process_profile_picture(data: bytes, *, max_bytes: int = 5 * 1024 * 1024) -> ProfilePicture:
+def check_size(data: bytes, *, max_bytes: int = 5 * 1024 * 1024) -> None:
+    """Refuse an empty upload, or one over ``max_bytes`` (413)."""
+    if not data:
+        raise PictureError("empty file")
+    if len(data) > max_bytes:
+        raise PictureError(f"file too large: {len(data) / 2**20:.1f} MB (max {max_bytes / 2**20:g} MB)", 413)
+
+
+def check_upload(data: bytes, *, max_bytes: int = 5 * 1024 * 1024, max_scans: int = MAX_SCANS) -> None:
+    """Refuse, from its size and headers alone, an upload that is empty, too large or too costly to decode."""
+    check_size(data, max_bytes=max_bytes)
+    header = read_header(data, metadata_cap=MAX_METADATA_BYTES)
+    if header is None:
+        return  # HEIF, or not an image: Image.open decides
+    if header.parts > MAX_PARTS:
+        raise PictureError(f"image has too many segments: over {MAX_PARTS}")
+    if header.width * header.height > MAX_PIXELS:
+        raise _too_large(header.width * header.height)
+    if header.largest_frame > MAX_PIXELS:
+        raise PictureError(f"image too large: a frame of {header.largest_frame / 1e6:.1f} megapixels "
+                           f"(max {MAX_MEGAPIXELS})")
+    if header.frames > MAX_FRAMES:
+        raise PictureError(f"too many frames: {header.frames} (max {MAX_FRAMES})")
+    if header.scans > max_scans:
+        raise PictureError(f"progressive JPEG has too many scans: {header.scans} (max {max_scans})")
+    if header.metadata_bytes > MAX_METADATA_BYTES or header.largest_metadata > MAX_METADATA_CHUNK:
+        raise PictureError(f"image metadata too large: over {MAX_METADATA_CHUNK / 2**20:g} MB decompressed "
+                           f"in one chunk or {MAX_METADATA_BYTES / 2**20:g} MB in all")
+    if _decoded_bytes(header) > MAX_DECODED_BYTES:
+        raise PictureError(f"image needs too much memory to decode: {_decoded_bytes(header) / 2**20:.0f} MB "
+                           f"(max {MAX_DECODED_BYTES / 2**20:g} MB)")
+
+
+def _decoded_bytes(header: Header) -> int:
+    """The pixel buffers a decode allocates, from the declared size.
+
+    Pillow keeps 4 bytes a pixel (1 for grey or palette PNG/GIF). A progressive JPEG holds every DCT
+    coefficient (2 bytes a sample) until its last scan; a baseline one decodes a strip at a time at the
+    reduced draft scale. Pillow reads every WebP through libwebp's animation decoder, which keeps two
+    RGBA canvases besides the one Pillow copies the frame into.
+    """
+    pixels = header.width * header.height
+    if header.format == "JPEG":
+        return pixels * header.components * 2 if header.progressive else pixels * header.components
+    if header.format == "WEBP":
+        return pixels * 4 * 3
+    return pixels * (1 if header.format == "GIF" or header.components == 1 else 4)
+
+
+def process_profile_picture(data: bytes, *, max_bytes: int = 5 * 1024 * 1024,
+                            max_scans: int = MAX_SCANS) -> ProfilePicture:
     """At most 500 px wide (never upscaled) plus a 128x128 centre-cropped thumbnail, both JPEG."""
     def need(size: Size) -> Size:
         full, side = _fit_width(size, PROFILE_WIDTH), min(THUMBNAIL_SIZE, *size)
         return max(full[0], side), max(full[1], side)
 
-    img, orientation, to_srgb = _decode(_open(data, max_bytes), need)
+    check_upload(data, max_bytes=max_bytes, max_scans=max_scans)
+    img, orientation, to_srgb = _decode(_open(data), need)
     full = _resize(img, _stored(_fit_width(_displayed(img.size, orientation), PROFILE_WIDTH), orientation))
     # A centre crop does not depend on orientation; crop the small image unless it is too thin (a panorama).
     source = full if min(full.size) >= THUMBNAIL_SIZE else img
@@ -72,22 +138,19 @@ def process_profile_picture(data: bytes, *, max_bytes: int = 5 * 1024 * 1024) ->
     return ProfilePicture(_encode(full, orientation, to_srgb), _encode(thumbnail, orientation, to_srgb))
 
 
-def process_flyer_image(data: bytes, *, max_bytes: int = 5 * 1024 * 1024) -> Picture:
+def process_flyer_image(data: bytes, *, max_bytes: int = 5 * 1024 * 1024, max_scans: int = MAX_SCANS) -> Picture:
     """At most 2048 px on the long side (never upscaled), JPEG."""
     def need(size: Size) -> Size:
         return _fit_long_side(size, FLYER_LONG_SIDE)
 
-    img, orientation, to_srgb = _decode(_open(data, max_bytes), need)
+    check_upload(data, max_bytes=max_bytes, max_scans=max_scans)
+    img, orientation, to_srgb = _decode(_open(data), need)
     size = _stored(_fit_long_side(_displayed(img.size, orientation), FLYER_LONG_SIDE), orientation)
     return _encode(_resize(img, size), orientation, to_srgb)
 
 
-def _open(data: bytes, max_bytes: int) -> Image.Image:
+def _open(data: bytes) -> Image.Image:
     """Identify the format by content and check sizes before any pixel is decoded."""
-    if not data:
-        raise PictureError("empty file")
-    if len(data) > max_bytes:
-        raise PictureError(f"file too large: {len(data) / 2**20:.1f} MB (max {max_bytes / 2**20:g} MB)", 413)
     try:
         # Not thread-safe, but a lost race only downgrades the bomb warning; our own check below still runs.
         with warnings.catch_warnings():
@@ -100,6 +163,8 @@ def _open(data: bytes, max_bytes: int) -> Image.Image:
         # A known signature whose plugin then gave up is a broken file, not the wrong kind of file.
         known = any(accept and accept(data[:16]) is True for _, accept in map(Image.OPEN.get, FORMATS))
         raise PictureError(CORRUPT if known else UNSUPPORTED) from None
+    except MemoryError:
+        raise PictureError(TOO_COSTLY) from None
     except Exception:  # a recognised header that its plugin then fails to parse
         raise PictureError(CORRUPT) from None
     width, height = img.size
@@ -125,6 +190,8 @@ def _decode(img: Image.Image, need: Callable[[Size], Size]) -> tuple[Image.Image
         img.load()
     except Image.DecompressionBombError:
         raise _too_large(img.width * img.height) from None
+    except MemoryError:
+        raise PictureError(TOO_COSTLY) from None
     except Exception:  # decoders of untrusted bytes fail with OSError, SyntaxError, ValueError, struct.error...
         raise PictureError(CORRUPT) from None
     icc = img.info.get("icc_profile")

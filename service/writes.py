@@ -10,6 +10,7 @@ from sqlalchemy import delete, select
 
 from models import Flyer, FlyerImage, User, db, queries
 from service.commits import OutcomeUnknown, commit_write, safe_rollback
+from service.decoder import DecoderSettings, pool_for
 from service.errors import APIError, BadRequest, Forbidden, NotFound
 from service.extension import services
 from service.idempotency import Answer, Claim, store_answer
@@ -28,10 +29,13 @@ def _user_for_update(user_id: int) -> User:
 
 
 def _process(function: Any, data: bytes, field: str) -> Any:
+    """Run a picture pipeline in a decoder process (see service.decoder), its refusals as API errors."""
+    config = current_app.config
     try:
-        return function(data, max_bytes=current_app.config["PICTURE_MAX_BYTES"])
+        return pool_for(DecoderSettings.from_config(config)).run(function, data, max_bytes=config["PICTURE_MAX_BYTES"])
     except PictureError as error:
-        raise APIError(error.message, {field: [error.message]}, status=error.status) from None
+        headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+        raise APIError(error.message, {field: [error.message]}, status=error.status, headers=headers) from None
 
 
 def _delete_files(keys: list[str | None], *, owner: int | None = None) -> None:
