@@ -134,12 +134,21 @@ def test_two_readers_missing_at_once_cause_one_load(app, client, register, monke
         return original(uid, now)
 
     monkeypatch.setattr(queries, "get_creator", slow_get_creator)
+    cache, waiting = app.extensions["profile_service"].cache, threading.Event()
+    sleep = cache._sleep
+
+    def noting_sleep(seconds):  # the second reader polls for the first one's fill
+        waiting.set()
+        sleep(seconds)
+
+    monkeypatch.setattr(cache, "_sleep", noting_sleep)
     answers = {}
     first = threading.Thread(target=lambda: answers.setdefault("first", client.get(f"/api/v1/users/{user_id}/profile")))
     first.start()
     loading.wait(5)
     second = threading.Thread(target=lambda: answers.setdefault("second", client.get(f"/api/v1/users/{user_id}/profile")))
     second.start()
+    waiting.wait(5)  # the second found the lease held: only now may the first fill
     release.set()
     first.join(5)
     second.join(5)
