@@ -26,8 +26,10 @@ class Invalidator:
     def __init__(self, client: redis.Redis, scripts: Scripts, breaker: Breaker,
                  clock: Callable[[], float], generation_ttl_ms: int, *, settle: float = 0.0,
                  monotonic: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, replicas: int = 0) -> None:
         self._client = client
+        self.replicas = replicas
+        """Sentinel mode: replicas that must hold an invalidation before it counts as delivered (``WAIT``)."""
         self._scripts = scripts
         self._breaker = breaker
         self._clock = clock
@@ -85,4 +87,13 @@ class Invalidator:
         # reads again must find them gone.
         tags = {hash_tag(key) for key in keys} | {hash_tag(gen_key) for gen_key, _ in generations}
         pipe.publish(INVALIDATION_CHANNEL, " ".join(sorted(tags)))
-        pipe.execute()
+        if self.replicas:
+            # Sentinel: a failover promotes a replica, whose data lacks what the old primary
+            # did not replicate. Counted as delivered only once a replica has it (and the
+            # message): a promoted replica then has it too, and a primary cut off from its
+            # replicas (the one a failover is leaving) never acknowledges one; the write
+            # leaves it in the outbox and every process suspends its reads until delivered.
+            pipe.execute_command("WAIT", self.replicas, 50)
+        replies = pipe.execute()
+        if self.replicas and replies[-1] < self.replicas:
+            raise redis.ConnectionError("cache: invalidation not replicated (WAIT); the primary may be leaving")

@@ -108,8 +108,10 @@ class DirectConnection:
 
     def __init__(self, client: redis.Redis,
                  on_connect: Callable[[redis.Connection], None] | None = None) -> None:
-        pool = client.connection_pool
-        self._make = lambda: pool.connection_class(**pool.connection_kwargs)
+        from .client import connection_factory  # (client imports near, which imports nothing of ours)
+
+        # Sentinel mode: a plain connection to the primary the sentinels name now.
+        self._make = connection_factory(client)
         self._lock = threading.Lock()
         self._conn: redis.Connection | None = None
         self._pid = 0
@@ -123,6 +125,11 @@ class DirectConnection:
             try:
                 conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
                 return conn.read_response()
+            except redis.exceptions.ReadOnlyError:
+                # A demoted primary (a failover): the next call asks for the primary again.
+                conn.disconnect()
+                self._conn = None
+                raise
             except redis.ResponseError:
                 raise
             except BaseException:
@@ -166,15 +173,48 @@ class DirectScript:
             return self._connection.evalsha(self.sha, keys, args)
 
 
-class Scripts:
-    """The lease scripts of one client: the hot three over a DirectConnection, the bump in pipelines."""
+class ClientScript:
+    """A Lua script run through a (cluster) client's command layer, which routes it by its keys' slot."""
 
-    def __init__(self, client: redis.Redis,
+    def __init__(self, client: Any, source: str) -> None:
+        self._client = client
+        self._source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __call__(self, *, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        try:
+            return self._client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            self._client.script_load(self._source)
+            return self._client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+class Scripts:
+    """The lease scripts of one client: the hot three over a DirectConnection, the bump in pipelines.
+
+    On a Redis Cluster the hot three go through a second cluster client instead (``lookup_client``:
+    MOVED/ASK and failovers followed by redis-py, each new connection epoch-checked); the
+    ~30 µs of redis-py's command layer is the price there.
+    """
+
+    def __init__(self, client: Any,
                  on_connect: Callable[[redis.Connection], None] | None = None) -> None:
-        connection = DirectConnection(client, on_connect)
-        self.lookup = DirectScript(client, connection, LOOKUP)
-        self.fill = DirectScript(client, connection, FILL)
-        self.release = DirectScript(client, connection, RELEASE)
+        from redis.cluster import RedisCluster
+
+        if isinstance(client, RedisCluster):
+            from .client import lookup_client
+
+            lookups = lookup_client(client, on_connect) if on_connect is not None else client
+            self.lookup = ClientScript(lookups, LOOKUP)
+            self.fill = ClientScript(lookups, FILL)
+            self.release = ClientScript(lookups, RELEASE)
+            self.close = lookups.close if lookups is not client else (lambda: None)
+        else:
+            connection = DirectConnection(client, on_connect)
+            self.lookup = DirectScript(client, connection, LOOKUP)
+            self.fill = DirectScript(client, connection, FILL)
+            self.release = DirectScript(client, connection, RELEASE)
+            self.close = connection.close
         self.bump = client.register_script(BUMP_GENERATION)
 
     def queue_bump(self, pipe: redis.client.Pipeline, generation_key: str, pages_base: str,

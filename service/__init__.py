@@ -21,7 +21,7 @@ from service.errors import register_error_handlers
 from service.extension import EXTENSION, Services
 from service.fast_path import CachedReads
 from service.outbox import Outbox
-from service.storage import LocalStorage
+from service.storage import LocalStorage, storage_from_url
 from service.telemetry import ENDPOINT, Telemetry, Timed
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
@@ -58,7 +58,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
 
     settings = app.config
     client = redis_client if redis_client is not None else make_client(
-        settings["REDIS_URL"], connect_timeout=settings["REDIS_SOCKET_TIMEOUT"],
+        settings["REDIS_URL"], mode=settings["REDIS_MODE"], sentinels=settings["REDIS_SENTINELS"],
+        sentinel_master=settings["REDIS_SENTINEL_MASTER"], connect_timeout=settings["REDIS_SOCKET_TIMEOUT"],
         socket_timeout=settings["REDIS_SOCKET_TIMEOUT"])
     _require_lua(client)
     breaker = Breaker(threshold=settings["CACHE_BREAKER_THRESHOLD"], base_delay=settings["CACHE_BREAKER_BASE_DELAY"],
@@ -73,7 +74,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     app.extensions[EXTENSION] = Services(
         cache=cache,
         redis=client,
-        storage=LocalStorage(settings["MEDIA_ROOT"]),
+        storage=storage_from_url(settings["STORAGE_URL"]) if settings["STORAGE_URL"] else LocalStorage(
+            settings["MEDIA_ROOT"]),
         clock=settings.get("CLOCK", models_base.utcnow),
         telemetry=telemetry,
         outbox=outbox,
@@ -83,7 +85,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     from service import auth, docs, flyers, health, media, openapi, operations, profiles
     app.config["RATELIMIT_ENABLED"] = app.config["RATE_LIMIT_ENABLED"]
     limiter = Limiter(get_remote_address, app=app,
-                      storage_uri=app.config["REDIS_URL"] or "memory://", headers_enabled=True,
+                      storage_uri=_limiter_storage(app.config), headers_enabled=True,
                       swallow_errors=True, key_prefix="pf-ratelimit")
     limiter.limit(app.config["RATE_LIMIT_AUTH"])(auth.bp)
     for blueprint in (auth.bp, profiles.bp, flyers.bp, media.bp, health.bp, openapi.bp, operations.bp,
@@ -117,6 +119,17 @@ def _outbox(app: Flask, cache: ReadThroughCache) -> Outbox:
         cache.suspended = True
         cache.on_suspended = outbox.start
     return outbox
+
+
+def _limiter_storage(settings: Mapping[str, Any]) -> str:
+    """The rate limiter's storage URI (the `limits` package's schemes) for the Redis deployment mode."""
+    mode, url = settings["REDIS_MODE"], settings["REDIS_URL"]
+    if mode == "sentinel" and settings["REDIS_SENTINELS"]:
+        nodes = ",".join(f"{host}:{port}" for host, port in settings["REDIS_SENTINELS"])
+        return f"redis+sentinel://{nodes}/{settings['REDIS_SENTINEL_MASTER']}"
+    if mode == "cluster" and url:
+        return "redis+cluster://" + url.split("://", 1)[1].split("/", 1)[0]
+    return url or "memory://"
 
 
 def _name_endpoint() -> None:
