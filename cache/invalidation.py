@@ -26,8 +26,11 @@ class Invalidator:
     def __init__(self, client: redis.Redis, scripts: Scripts, breaker: Breaker,
                  clock: Callable[[], float], generation_ttl_ms: int, *, settle: float = 0.0,
                  monotonic: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep, replicas: int = 0) -> None:
+                 sleep: Callable[[float], None] = time.sleep, replicas: int = 0,
+                 publish: bool = True) -> None:
         self._client = client
+        self.publish = publish
+        """False on a Redis Cluster, where no process keeps near copies (see ``cache.client.make_near_cache``)."""
         self.replicas = replicas
         """Sentinel mode: replicas that must hold an invalidation before it counts as delivered (``WAIT``)."""
         self._scripts = scripts
@@ -86,7 +89,8 @@ class Invalidator:
         # After the deletions: a near cache that drops its copies on this message and
         # reads again must find them gone.
         tags = {hash_tag(key) for key in keys} | {hash_tag(gen_key) for gen_key, _ in generations}
-        pipe.publish(INVALIDATION_CHANNEL, " ".join(sorted(tags)))
+        if self.publish:
+            pipe.publish(INVALIDATION_CHANNEL, " ".join(sorted(tags)))
         if self.replicas:
             # Sentinel: a failover promotes a replica, whose data lacks what the old primary
             # did not replicate. Counted as delivered only once a replica has it (and the

@@ -74,7 +74,8 @@ class ReadThroughCache:
                                         max(1, int(generation_ttl * 1000)),
                                         settle=near.window if near is not None else 0.0,
                                         monotonic=clock, sleep=sleep,
-                                        replicas=1 if mode_of(client) == "sentinel" else 0)
+                                        replicas=1 if mode_of(client) == "sentinel" else 0,
+                                        publish=mode_of(client) != "cluster")
 
     def get_or_load(self, family: str, key: str, loader: Callable[[], Loaded], *,
                     variant: str = "", generation_key: str | None = None, claim: Claim | None = None) -> Entry:

@@ -222,7 +222,9 @@ class Scripts:
         """Add a generation bump to `pipe` as a bare EVALSHA (see `load_bump`)."""
         # A Script passed to a pipeline first sends SCRIPT EXISTS, a second round
         # trip; the caller instead reloads and retries on NOSCRIPT, which is rare.
-        pipe.evalsha(self.bump.sha, 2, generation_key, pages_base, separator, now_us, ttl_ms)
+        # execute_command: a cluster pipeline refuses its evalsha() method, not the command
+        # (routed by its first key; both keys share the {u:id} tag, so one slot).
+        pipe.execute_command("EVALSHA", self.bump.sha, 2, generation_key, pages_base, separator, now_us, ttl_ms)
 
     def load_bump(self) -> None:
         """Load the bump script after a NOSCRIPT (flushed script cache, restarted Redis)."""

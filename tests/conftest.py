@@ -16,7 +16,7 @@ from models import db
 pytest.register_assert_rewrite("service.testing")  # before the import below, so its asserts explain themselves
 from service.testing import FAST_HASH, TEST_SECRET, FakeClock, jpeg_bytes  # noqa: E402
 
-pytest_plugins = ["service.testing"]
+pytest_plugins = ["service.testing", "tests.deployments"]
 
 __all__ = ["FAST_HASH", "TEST_SECRET", "FakeClock", "jpeg_bytes"]  # imported by test modules
 

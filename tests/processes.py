@@ -74,3 +74,21 @@ def redis_server_binary() -> str:
     if binary is None:
         pytest.fail("redis-server is not installed (apt-get install redis-server redis-sentinel)")
     return binary
+
+
+def redis_args(port: int, *extra: str) -> list[str]:
+    return [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--protected-mode", "no", *extra]
+
+
+def wait_until(check, timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as error:  # a server still starting or switching over
+            last = error
+        time.sleep(interval)
+    pytest.fail(f"{what} not reached within {timeout} s (last error: {last})")
