@@ -145,3 +145,13 @@ def make_near_cache(client: Any, *, max_bytes: int, window: float = 0.03) -> Nea
         return None
     return NearCache(connection_factory(client, health_check_interval=0), INVALIDATION_CHANNEL,
                      max_bytes=max_bytes, window=window)
+
+
+def close_client(client: Any) -> None:
+    """Close `client`'s connections, and in sentinel mode its connections to the sentinels too."""
+    pool = getattr(client, "connection_pool", None)
+    client.close()
+    if isinstance(pool, SentinelConnectionPool):
+        pool.disconnect()
+        for sentinel in pool.sentinel_manager.sentinels:
+            sentinel.close()

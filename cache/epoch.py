@@ -12,9 +12,11 @@ connection of the lookup path, which is the only path that answers hits from Red
 On a Redis Cluster every primary has its own ``run_id`` and its own data, so each has its
 own epoch key: ``pf:1:{<tag>}:epoch``, with a hash tag chosen to fall in the first slot the
 node serves (a key the node itself holds, and that a replica promoted in its place inherits
-with the old primary's ``run_id``). Every new lookup connection checks the node it talks to;
-a replica (no slots) is refused as a lookup connection, so no connection is ever used
-unchecked after that replica is promoted.
+with the old primary's ``run_id``). Every new lookup connection checks the node it talks to.
+A connection to a replica (no slots: the cluster client opens one only to read the slot map
+from it) is not checked; lookups never go to a replica, and when one is promoted the client
+refreshes its slot map, which closes the connections it had opened to read it, so the first
+lookup there opens (and checks) a new one.
 """
 from __future__ import annotations
 
@@ -63,8 +65,8 @@ def slot_epoch_key(slot: int) -> str:
     return f"{PREFIX}:{{e{n}}}:epoch"
 
 
-def cluster_epoch_key(conn: redis.Connection) -> str:
-    """The epoch key of the Cluster primary `conn` talks to; ConnectionError if it serves no slot (a replica)."""
+def cluster_epoch_key(conn: redis.Connection) -> str | None:
+    """The epoch key of the Cluster primary `conn` talks to; None if it serves no slot (a replica)."""
     conn.send_command("CLUSTER", "NODES")
     nodes = conn.read_response()
     if isinstance(nodes, bytes):
@@ -75,7 +77,7 @@ def cluster_epoch_key(conn: redis.Connection) -> str:
             for part in fields[8:]:
                 if part[:1].isdigit():
                     return slot_epoch_key(int(part.split("-")[0]))
-    raise redis.ConnectionError("cache: this Cluster node serves no slot (a replica); not used for lookups")
+    return None
 
 
 class EpochGuard:
@@ -88,6 +90,8 @@ class EpochGuard:
     def __call__(self, conn: redis.Connection) -> None:
         run_id, cluster = _server_info(conn)
         key = cluster_epoch_key(conn) if cluster else EPOCH_KEY
+        if key is None:
+            return  # a Cluster replica (see the module docstring)
         conn.send_command("GET", key)
         if conn.read_response() == run_id:
             return

@@ -210,10 +210,17 @@ class Scripts:
             self.release = ClientScript(lookups, RELEASE)
             self.close = lookups.close if lookups is not client else (lambda: None)
         else:
+            from .client import mode_of
+
+            # Sentinel: declared as Redis 7 scripts (a shebang, no `no-writes` flag), which a
+            # replica refuses before running, even a hit. A primary demoted by a failover thus
+            # answers READONLY to every lookup, and the connection moves to the new primary
+            # (epoch-checked there) instead of serving hits from a replica.
+            shebang = "#!lua\n" if mode_of(client) == "sentinel" else ""
             connection = DirectConnection(client, on_connect)
-            self.lookup = DirectScript(client, connection, LOOKUP)
-            self.fill = DirectScript(client, connection, FILL)
-            self.release = DirectScript(client, connection, RELEASE)
+            self.lookup = DirectScript(client, connection, shebang + LOOKUP)
+            self.fill = DirectScript(client, connection, shebang + FILL)
+            self.release = DirectScript(client, connection, shebang + RELEASE)
             self.close = connection.close
         self.bump = client.register_script(BUMP_GENERATION)
 

@@ -13,7 +13,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from cache import Loaded, ReadThroughCache, keys, make_client, make_near_cache
-from cache.client import connection_factory, mode_of
+from cache.client import close_client, connection_factory, mode_of
 from cache.epoch import EPOCH_KEY, slot_epoch_key
 from cache.readthrough import Claim
 
@@ -55,7 +55,7 @@ def client(mode, deployment) -> Any:
     if mode == "single":
         client.flushdb()
     yield client
-    client.close()
+    close_client(client)
 
 
 @pytest.fixture
@@ -156,6 +156,7 @@ def test_cluster_epoch_keys_are_one_per_primary_and_in_its_own_slots(redis_clust
         assert len(epochs) == 1 and node.execute_command("CLUSTER", "KEYSLOT", epochs[0]) in _slots(node)
         assert node.get(epochs[0]) == node.info("server")["run_id"].encode()
     assert len(repairs) == 3
+    cache._scripts.close()
     client.close()
 
 
@@ -181,6 +182,7 @@ def test_no_near_cache_on_a_cluster(redis_cluster):
     client = make_client(redis_cluster.url, mode="cluster")
 
     assert make_near_cache(client, max_bytes=1 << 20) is None
+    client.close()
 
 
 def test_sentinel_mode_needs_no_redis_url_and_finds_the_primary(sentinel_group):
@@ -189,6 +191,7 @@ def test_sentinel_mode_needs_no_redis_url_and_finds_the_primary(sentinel_group):
     client.set("pf:probe", b"1")
 
     assert client.info("server")["tcp_port"] == sentinel_group.primary_port()
+    close_client(client)
 
 
 def test_hand_made_connections_reach_the_primary_not_localhost_6379(sentinel_group):
@@ -199,6 +202,7 @@ def test_hand_made_connections_reach_the_primary_not_localhost_6379(sentinel_gro
     assert conn.port == sentinel_group.primary_port()
     conn.connect()
     conn.disconnect()
+    close_client(client)
 
 
 def test_the_near_cache_in_sentinel_mode_subscribes_on_the_primary(sentinel_group):
@@ -209,6 +213,7 @@ def test_the_near_cache_in_sentinel_mode_subscribes_on_the_primary(sentinel_grou
 
     assert near._conn.port == sentinel_group.primary_port()
     near.close()
+    close_client(client)
 
 
 def test_sentinel_invalidations_wait_for_a_replica(sentinel_group):
@@ -226,3 +231,4 @@ def test_sentinel_invalidations_wait_for_a_replica(sentinel_group):
 
     assert not delivered
     assert cache.invalidate(keys=[keys.profile_key(1)], timeout=2.0)
+    close_client(client)
