@@ -6,6 +6,8 @@ primary, replica, three sentinels), + 20..25 (Cluster nodes) and + 50..55 (their
 """
 from __future__ import annotations
 
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -144,7 +146,10 @@ def sentinel_group(tmp_path_factory) -> Iterator[SentinelGroup]:
                             f"sentinel down-after-milliseconds {MASTER} 2000\n"
                             f"sentinel failover-timeout {MASTER} 10000\n"
                             f"sentinel parallel-syncs {MASTER} 1\n")
-            processes.start(f"sentinel-{port}", [redis_args(port)[0], str(conf), "--sentinel"], port)
+            # Debian's redis-sentinel is redis-server started as a sentinel; either does.
+            binary = shutil.which("redis-sentinel")
+            args = [binary, str(conf)] if binary else [redis_args(port)[0], str(conf), "--sentinel"]
+            processes.start(f"sentinel-{port}", args, port)
         group = SentinelGroup((primary, replica), sentinels, processes)
         wait_until(group.settled, 40, "Sentinel group ready")
         yield group
@@ -155,9 +160,6 @@ def sentinel_group(tmp_path_factory) -> Iterator[SentinelGroup]:
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory) -> Iterator[Cluster]:
     """A running Redis Cluster (3 primaries, 3 replicas) for the session."""
-    import shutil
-    import subprocess
-
     directory = tmp_path_factory.mktemp("cluster")
     processes = Processes(directory)
     ports = tuple(PORT_BASE + 20 + n for n in range(6))
