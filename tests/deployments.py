@@ -157,12 +157,9 @@ def sentinel_group(tmp_path_factory) -> Iterator[SentinelGroup]:
         processes.stop_all()
 
 
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory) -> Iterator[Cluster]:
-    """A running Redis Cluster (3 primaries, 3 replicas) for the session."""
-    directory = tmp_path_factory.mktemp("cluster")
+def start_cluster(directory, ports: tuple[int, ...]) -> Cluster:
+    """Start six cluster-enabled redis-servers on `ports` (bus on port + 30) and create the cluster."""
     processes = Processes(directory)
-    ports = tuple(PORT_BASE + 20 + n for n in range(6))
     try:
         for port in ports:
             processes.start(f"node-{port}", redis_args(
@@ -179,6 +176,17 @@ def redis_cluster(tmp_path_factory) -> Iterator[Cluster]:
         client = RedisCluster.from_url(cluster.url)
         wait_until(lambda: client.set("pf:probe", 1) and client.delete("pf:probe") >= 0, 20, "cluster writes")
         client.close()
+        return cluster
+    except BaseException:
+        processes.stop_all()
+        raise
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory) -> Iterator[Cluster]:
+    """A running Redis Cluster (3 primaries, 3 replicas) for the session."""
+    cluster = start_cluster(tmp_path_factory.mktemp("cluster"), tuple(PORT_BASE + 20 + n for n in range(6)))
+    try:
         yield cluster
     finally:
-        processes.stop_all()
+        cluster.processes.stop_all()
