@@ -120,6 +120,34 @@ class Cluster:
                    timeout, "Cluster failover")
         return old, replica
 
+    def owner(self, slot: int) -> int:
+        """Port of the primary serving `slot`."""
+        for low, high, primary, *_ in self.node(self.ports[0]).execute_command("CLUSTER", "SLOTS"):
+            if low <= slot <= high:
+                return int(primary[1])
+        raise LookupError(slot)
+
+    def begin_move(self, slot: int, destination: int) -> int:
+        """Mark `slot` MIGRATING on its owner and IMPORTING on `destination` (clients now get ASK); the owner."""
+        source = self.owner(slot)
+        source_id = self.node(source).execute_command("CLUSTER", "MYID")
+        destination_id = self.node(destination).execute_command("CLUSTER", "MYID")
+        self.node(destination).execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        self.node(source).execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", destination_id)
+        return source
+
+    def finish_move(self, slot: int, source: int, destination: int) -> None:
+        """MIGRATE every key of `slot`, then give the slot to `destination` on every primary."""
+        node = self.node(source)
+        while keys := node.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            node.execute_command("MIGRATE", "127.0.0.1", destination, "", 0, 5000, "REPLACE", "KEYS", *keys)
+        destination_id = self.node(destination).execute_command("CLUSTER", "MYID")
+        for port in (destination, source):
+            self.node(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", destination_id)
+        for port, role in self.roles().items():
+            if role == "master" and port not in (source, destination):
+                self.node(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", destination_id)
+
     def flush(self) -> None:
         for port, role in self.roles().items():
             if role == "master":

@@ -232,3 +232,36 @@ def test_sentinel_invalidations_wait_for_a_replica(sentinel_group):
     assert not delivered
     assert cache.invalidate(keys=[keys.profile_key(1)], timeout=2.0)
     close_client(client)
+
+
+def test_a_resharded_slot_keeps_hits_and_takes_invalidations_during_and_after_the_move(redis_cluster, repairs):
+    """ASK while the slot migrates, MOVED after: followed by the client, no Redis error reaches the cache."""
+    from redis.crc import key_slot
+
+    redis_cluster.flush()
+    client = make_client(redis_cluster.url, mode="cluster", connect_timeout=1, socket_timeout=1)
+    cache = ReadThroughCache(client, repair=lambda: repairs.append(1))
+    slot = key_slot(keys.profile_key(7).encode())
+    _profile(cache, 7, {"v": 1})
+    _page(cache, 7)
+    destination = next(port for port, role in redis_cluster.roles().items()
+                       if role == "master" and port != redis_cluster.owner(slot))
+    source = redis_cluster.begin_move(slot, destination)
+    try:
+        during = cache.lookup("profile", keys.profile_key(7))  # still on the source: a hit
+        redis_cluster.node(source).execute_command(
+            "MIGRATE", "127.0.0.1", destination, "", 0, 5000, "KEYS", keys.profile_key(7))
+        moved = cache.lookup("profile", keys.profile_key(7))  # ASK to the destination: still a hit
+    finally:
+        redis_cluster.finish_move(slot, source, destination)
+    after = _looked_up_page(cache, 7)
+    delivered = cache.invalidate(keys=[keys.profile_key(7)], generations=[(keys.generation_key(7), keys.pages_key(7))],
+                                 timeout=2)
+
+    assert [entry.body for entry in (during, moved)] == [b'{"v":1}'] * 2
+    assert after.body == b'{"page":7}' and redis_cluster.owner(slot) == destination
+    assert delivered and cache.breaker.state == "closed"
+    assert isinstance(cache.lookup("profile", keys.profile_key(7)), Claim)
+    assert isinstance(_looked_up_page(cache, 7), Claim)
+    cache._scripts.close()
+    client.close()
