@@ -56,3 +56,21 @@ def test_the_counters_are_pushed_to_the_shared_redis(deployed_app):
 
     assert deployed_app.extensions["profile_service"].telemetry.push()
     assert client.get("/api/v1/cache/stats").status_code == 200
+
+
+def test_the_rate_limiter_counts_in_the_deployed_redis(tmp_path, redis_settings):
+    app = create_app(service_config(database_url=f"sqlite:///{tmp_path / 'app.db'}", media_root=str(tmp_path),
+                                    RATE_LIMIT_ENABLED=True, RATE_LIMIT_AUTH="2 per minute", **redis_settings))
+    create_tables(app)
+    client = app.test_client()
+    body = {"email": "x@example.com", "password": "password123"}
+    try:
+        statuses = [client.post("/api/v1/auth/login", json=body).status_code for _ in range(3)]
+    finally:
+        services = app.extensions["profile_service"]
+        services.cache._scripts.close()
+        if services.cache.near is not None:
+            services.cache.near.close()
+        close_client(services.redis)
+
+    assert statuses[-1] == 429 and 429 not in statuses[:2], statuses

@@ -176,3 +176,30 @@ def test_an_invalidation_the_promoted_replica_missed_is_not_served_after_a_senti
 
     assert answers == {"new"}
     assert repairs >= 2  # the first start, and the promoted replica
+
+
+def test_two_instances_read_their_writes_while_their_users_slot_is_resharded(tmp_path, redis_cluster):
+    """The checked user's slot moves to another primary under load: ASK during the move, MOVED after."""
+    from redis.crc import key_slot
+
+    from cache import keys
+
+    redis_cluster.flush()
+    apps = _instances(tmp_path, {"REDIS_MODE": "cluster", "REDIS_URL": redis_cluster.url})
+    slot = key_slot(keys.profile_key(1).encode())  # the checker's user is the first one registered
+
+    def reshard() -> None:
+        destination = next(port for port, role in redis_cluster.roles().items()
+                           if role == "master" and port != redis_cluster.owner(slot))
+        source = redis_cluster.begin_move(slot, destination)
+        time.sleep(0.5)  # clients get ASK for keys already moved (none yet) and MOVED for none
+        redis_cluster.finish_move(slot, source, destination)
+
+    try:
+        tally = _check(apps, reshard)
+    finally:
+        _dispose(apps)
+
+    print(f"cluster resharding: {tally}")
+    assert tally.writes > 10 and tally.reads > 50 and tally.hits > 0
+    assert (tally.stale, tally.server_errors) == (0, 0), tally.examples
