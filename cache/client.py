@@ -25,6 +25,7 @@ import fakeredis
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
@@ -81,16 +82,34 @@ def make_client(
     return redis.Redis(connection_pool=pool)
 
 
+class CacheCluster(RedisCluster):
+    """redis-py's cluster client, raising its "no node reachable" errors as Redis errors.
+
+    ``RedisClusterException`` (e.g. every startup node unreachable while the slot map is
+    refreshed) is not a ``RedisError``; the cache's breaker and fallbacks catch Redis errors
+    only, so it would surface as a 5xx.
+    """
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().execute_command(*args, **kwargs)
+        except RedisClusterException as error:
+            raise redis.ConnectionError(f"Redis Cluster unavailable: {error}") from error
+
+
 def _cluster(url: str, settings: dict[str, Any],
              on_connect: Callable[[redis.Connection], None] | None = None) -> RedisCluster:
     settings = {k: v for k, v in settings.items() if v is not None}
     if on_connect is not None:
         settings["redis_connect_func"] = on_connect
-    client = RedisCluster.from_url(
+    try:
+        client = CacheCluster.from_url(
         url, decode_responses=False,
         # A MOVED, ASK or lost node makes the client refresh its slot map and retry; a
         # few short tries ride out a failover's switch without failing the request.
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 5), **settings)
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 5), **settings)
+    except RedisClusterException as error:  # no node reachable to read the slot map from
+        raise redis.ConnectionError(f"Redis Cluster at {url} unavailable: {error}") from error
     client.pf_clone = lambda hook: _cluster(url, settings, hook)
     return client
 

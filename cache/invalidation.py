@@ -10,6 +10,7 @@ import time
 from typing import Callable
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from .breaker import Breaker
 from .keys import GENERATION_SEPARATOR, INVALIDATION_CHANNEL, hash_tag
@@ -71,12 +72,15 @@ class Invalidator:
     def _execute(self, keys: list[str], generations: list[tuple[str, str]]) -> None:
         """Send the deletions and generation bumps in one pipeline; raise on any Redis error."""
         try:
-            self._send(keys, generations)
-        except redis.exceptions.NoScriptError:
-            # Every command is idempotent for our purpose (a bump twice is still a
-            # new generation), so resending the whole batch is safe.
-            self._scripts.load_bump()
-            self._send(keys, generations)
+            try:
+                self._send(keys, generations)
+            except redis.exceptions.NoScriptError:
+                # Every command is idempotent for our purpose (a bump twice is still a
+                # new generation), so resending the whole batch is safe.
+                self._scripts.load_bump()
+                self._send(keys, generations)
+        except RedisClusterException as error:  # not a RedisError: no cluster node reachable
+            raise redis.ConnectionError(str(error)) from error
 
     def _send(self, keys: list[str], generations: list[tuple[str, str]]) -> None:
         now_us = int(self._clock() * 1_000_000)

@@ -173,20 +173,47 @@ class DirectScript:
             return self._connection.evalsha(self.sha, keys, args)
 
 
+class LazyClient:
+    """The cluster client of the lookup path, made on first use (not at start-up).
+
+    At start-up the epoch check's repair is not wired yet, and the cluster may be down: made
+    then, its first connection would record an epoch without repairing, or fail the start.
+    """
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._make()
+        return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
 class ClientScript:
     """A Lua script run through a (cluster) client's command layer, which routes it by its keys' slot."""
 
-    def __init__(self, client: Any, source: str) -> None:
+    def __init__(self, client: LazyClient, source: str) -> None:
         self._client = client
         self._source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
     def __call__(self, *, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        client = self._client.get()
         try:
-            return self._client.evalsha(self.sha, len(keys), *keys, *args)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            self._client.script_load(self._source)
-            return self._client.evalsha(self.sha, len(keys), *keys, *args)
+            client.script_load(self._source)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
 
 
 class Scripts:
@@ -204,11 +231,12 @@ class Scripts:
         if isinstance(client, RedisCluster):
             from .client import lookup_client
 
-            lookups = lookup_client(client, on_connect) if on_connect is not None else client
+            lookups = LazyClient((lambda: lookup_client(client, on_connect)) if on_connect is not None
+                                 else (lambda: client))
             self.lookup = ClientScript(lookups, LOOKUP)
             self.fill = ClientScript(lookups, FILL)
             self.release = ClientScript(lookups, RELEASE)
-            self.close = lookups.close if lookups is not client else (lambda: None)
+            self.close = lookups.close if on_connect is not None else (lambda: None)
         else:
             from .client import mode_of
 

@@ -265,3 +265,26 @@ def test_a_resharded_slot_keeps_hits_and_takes_invalidations_during_and_after_th
     assert isinstance(_looked_up_page(cache, 7), Claim)
     cache._scripts.close()
     client.close()
+
+
+def test_the_repair_wired_after_construction_still_runs_first(mode, deployment, client, repairs):
+    """As in create_app: the cache is built first, its repair wired afterwards; no epoch is recorded unrepaired."""
+    cache = ReadThroughCache(client)
+    cache.epoch.repair = lambda: repairs.append(1)
+
+    _profile(cache, 1)
+
+    if mode == "cluster":
+        recorded = sum(len(deployment.node(port).keys(f"{keys.PREFIX}:*epoch"))
+                       for port, role in deployment.roles().items() if role == "master")
+    else:
+        recorded = client.exists(EPOCH_KEY)
+    assert recorded == len(repairs) >= 1
+    cache._scripts.close()
+
+
+def test_an_unreachable_cluster_is_a_redis_connection_error():
+    from tests.processes import PORT_BASE
+
+    with pytest.raises(redis.ConnectionError, match="unavailable"):
+        make_client(f"redis://127.0.0.1:{PORT_BASE + 2}", mode="cluster")
