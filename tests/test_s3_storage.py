@@ -187,3 +187,34 @@ def test_media_route_relays_objects_when_media_base_url_is_unset(app, client, re
 
 def test_media_route_answers_404_for_a_missing_object(client, s3):
     assert client.get("/media/avatars/1/0000000000000000.jpg").status_code == 404
+
+
+def _flyer_form():
+    return {"title": "Bakery sale", "description": "Fresh bread", "location_address": "Main St. 1, Zurich",
+            "lat": "47.37", "lng": "8.54", "image_1": (io.BytesIO(jpeg_bytes()), "a.jpg")}
+
+
+def test_flyer_images_are_objects_with_cdn_urls_and_go_with_their_flyer(client, register, s3):
+    _, headers = register("ada")
+    created = client.post("/api/v1/flyers", data=_flyer_form(), headers=headers, content_type="multipart/form-data")
+    flyer_id = created.json["id"]
+    url = client.get(f"/api/v1/flyers/{flyer_id}").json["images"][0]["url"]
+
+    assert url.startswith(f"{CDN}/flyers/{flyer_id}/") and _objects(s3) == [_key(url)]
+    assert s3.head_object(Bucket=BUCKET, Key=_key(url))["CacheControl"] == IMMUTABLE
+
+    assert client.delete(f"/api/v1/flyers/{flyer_id}", headers=headers).status_code in (200, 204)
+    assert _objects(s3) == []
+
+
+def test_a_flyer_whose_images_cannot_be_stored_is_not_created(app, client, register, s3):
+    _, headers = register("ada")
+    app.extensions[EXTENSION].storage.bucket = "no-such-bucket"
+    try:
+        response = client.post("/api/v1/flyers", data=_flyer_form(), headers=headers,
+                               content_type="multipart/form-data")
+    finally:
+        app.extensions[EXTENSION].storage.bucket = BUCKET
+
+    assert response.status_code == 503 and response.json["error"] == "Picture storage unavailable, try again later"
+    assert client.get("/api/v1/users/1/flyers").json["count"] == 0
