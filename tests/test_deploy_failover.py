@@ -4,6 +4,7 @@ Two instances (app objects with their own caches, near caches and outbox deliver
 database and Redis only. A writer renames a user through instance A; readers read through both
 instances and count every read that started after a rename's answer yet shows an older name.
 Half-way, the Redis deployment fails over: ``SENTINEL FAILOVER`` or ``CLUSTER FAILOVER``.
+The same check also runs with two gunicorn instances (2 sync workers each) over HTTP.
 """
 from __future__ import annotations
 
@@ -202,4 +203,148 @@ def test_two_instances_read_their_writes_while_their_users_slot_is_resharded(tmp
 
     print(f"cluster resharding: {tally}")
     assert tally.writes > 10 and tally.reads > 50 and tally.hits > 0
+    assert (tally.stale, tally.server_errors) == (0, 0), tally.examples
+
+
+class HttpInstance:
+    """A gunicorn instance (2 sync workers) of the service on a loopback port, stopped by PID."""
+
+    def __init__(self, port: int, env: dict[str, str], log_dir) -> None:
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        from tests.processes import wait_for_port
+
+        self.port = port
+        gunicorn = str(Path(sys.executable).parent / "gunicorn")
+        root = Path(__file__).resolve().parent.parent
+        log = open(log_dir / f"gunicorn-{port}.log", "wb")
+        self.process = subprocess.Popen(
+            [gunicorn, "--workers", "2", "--worker-class", "sync", "--bind", f"127.0.0.1:{port}",
+             "--no-control-socket", "--chdir", str(root), "wsgi:app"],
+            cwd=root, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        wait_for_port(port, 60, self.process)
+
+    def request(self, method: str, path: str, body: dict | None = None, headers: dict | None = None):
+        import http.client
+        import json
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            all_headers = {"Content-Type": "application/json", **(headers or {})} if payload else dict(headers or {})
+            conn.request(method, path, body=payload, headers=all_headers)
+            response = conn.getresponse()
+            data = response.read()
+            return response.status, (json.loads(data) if data and response.status < 500 else None)
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def _http_check(instances, failover, *, before: float = 2.0, after: float = 3.0) -> Tally:
+    writer = instances[0]
+    status, body = writer.request("POST", "/api/v1/auth/register", {
+        "email": "http@example.com", "password": "password123", "username": "httpchecked"})
+    assert status == 201, body
+    user_id, headers = body["user_id"], {"Authorization": f"Bearer {body['token']}"}
+    tally, acked, stop, lock = Tally(), [0], threading.Event(), threading.Lock()
+
+    def write() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            try:
+                status, _ = writer.request("PATCH", "/api/v1/users/me/profile", {"display_name": f"v{n}"}, headers)
+            except OSError:
+                status = 599
+            with lock:
+                if status >= 500:
+                    tally.server_errors += 1
+                elif status == 200:
+                    acked[0] = n
+                    tally.writes += 1
+
+    def read(instance) -> None:
+        while not stop.is_set():
+            with lock:
+                floor = acked[0]
+            try:
+                status, profile = instance.request("GET", f"/api/v1/users/{user_id}/profile")
+            except OSError:
+                status, profile = 599, None
+            with lock:
+                tally.reads += 1
+                if status >= 500:
+                    tally.server_errors += 1
+                    continue
+                name = profile["display_name"]
+                seen = int(name[1:]) if name and name.startswith("v") else 0
+                if seen < floor:
+                    tally.stale += 1
+                    if len(tally.examples) < 5:
+                        tally.examples.append(f"port {instance.port} read {name} after v{floor} was answered")
+
+    threads = [threading.Thread(target=write)] + [threading.Thread(target=read, args=(i,)) for i in instances * 2]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(before)
+        failover()
+        time.sleep(after)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    return tally
+
+
+@pytest.mark.parametrize("mode", ["sentinel", "cluster"])
+def test_two_gunicorn_instances_read_their_writes_through_a_failover(tmp_path, request, mode):
+    from tests.processes import PORT_BASE
+
+    database_url = POSTGRES_URL if POSTGRES_URL.startswith("postgres") else f"sqlite:///{tmp_path / 'shared.db'}"
+    schema = create_app(service_config(database_url=database_url, media_root=str(tmp_path)))
+    create_tables(schema)
+    schema.extensions["profile_service"].outbox.stop()
+    with schema.app_context():
+        db.engine.dispose()
+    env = {"DATABASE_URL": database_url, "MEDIA_ROOT": str(tmp_path), "RATE_LIMIT_ENABLED": "false",
+           "SECRET_KEY": "deploy-test-secret-key-0123456789abcdef", "OUTBOX_POLL_INTERVAL": "0.2",
+           "REDIS_SOCKET_TIMEOUT": "0.5", "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000"}
+    if mode == "sentinel":
+        group = request.getfixturevalue("sentinel_group")
+        group.flush()
+        env.update(REDIS_MODE="sentinel", REDIS_SENTINELS=group.setting, REDIS_SENTINEL_MASTER=group.master)
+        failover = group.failover
+    else:
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        env.update(REDIS_MODE="cluster", REDIS_URL=cluster.url)
+        failover = cluster.failover
+    instances = []
+    try:
+        for port in (PORT_BASE + 40, PORT_BASE + 41):
+            instances.append(HttpInstance(port, env, tmp_path))
+        tally = _http_check(instances, failover)
+    finally:
+        for instance in instances:
+            instance.stop()
+
+    print(f"gunicorn, {mode} failover: writes={tally.writes} reads={tally.reads} stale={tally.stale}"
+          f" 5xx={tally.server_errors}")
+    assert tally.writes > 10 and tally.reads > 50
     assert (tally.stale, tally.server_errors) == (0, 0), tally.examples
