@@ -143,6 +143,12 @@ class DirectConnection:
             try:
                 conn.connect()
                 self.on_connect(conn)
+            except redis.RedisError:
+                conn.disconnect()
+                raise
+            except Exception as error:  # e.g. the epoch repair could not replay: a Redis failure to callers
+                conn.disconnect()
+                raise redis.ConnectionError(f"cache: new Redis connection not usable: {error}") from error
             except BaseException:
                 conn.disconnect()
                 raise

@@ -288,3 +288,17 @@ def test_an_unreachable_cluster_is_a_redis_connection_error():
 
     with pytest.raises(redis.ConnectionError, match="unavailable"):
         make_client(f"redis://127.0.0.1:{PORT_BASE + 2}", mode="cluster")
+
+
+def test_a_repair_that_cannot_replay_is_a_redis_error_and_the_read_bypasses_the_cache(mode, client):
+    """The outbox replay raises a plain ConnectionError (Redis unwritable, e.g. mid-failover): never a 5xx."""
+    def repair() -> None:
+        raise ConnectionError("could not replay the outbox to Redis")
+
+    cache = ReadThroughCache(client, repair=repair)
+
+    entry = _profile(cache, 1, {"from": "database"})
+
+    assert entry.body == b'{"from":"database"}' and entry.result == "error"
+    assert cache.lookup("profile", keys.profile_key(1)) is None
+    cache._scripts.close()
