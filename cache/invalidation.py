@@ -10,6 +10,7 @@ import time
 from typing import Callable
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from .breaker import Breaker
 from .keys import GENERATION_SEPARATOR, INVALIDATION_CHANNEL, hash_tag
@@ -26,8 +27,13 @@ class Invalidator:
     def __init__(self, client: redis.Redis, scripts: Scripts, breaker: Breaker,
                  clock: Callable[[], float], generation_ttl_ms: int, *, settle: float = 0.0,
                  monotonic: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, replicas: int = 0,
+                 publish: bool = True) -> None:
         self._client = client
+        self.publish = publish
+        """False on a Redis Cluster, where no process keeps near copies (see ``cache.client.make_near_cache``)."""
+        self.replicas = replicas
+        """Sentinel mode: replicas that must hold an invalidation before it counts as delivered (``WAIT``)."""
         self._scripts = scripts
         self._breaker = breaker
         self._clock = clock
@@ -66,12 +72,15 @@ class Invalidator:
     def _execute(self, keys: list[str], generations: list[tuple[str, str]]) -> None:
         """Send the deletions and generation bumps in one pipeline; raise on any Redis error."""
         try:
-            self._send(keys, generations)
-        except redis.exceptions.NoScriptError:
-            # Every command is idempotent for our purpose (a bump twice is still a
-            # new generation), so resending the whole batch is safe.
-            self._scripts.load_bump()
-            self._send(keys, generations)
+            try:
+                self._send(keys, generations)
+            except redis.exceptions.NoScriptError:
+                # Every command is idempotent for our purpose (a bump twice is still a
+                # new generation), so resending the whole batch is safe.
+                self._scripts.load_bump()
+                self._send(keys, generations)
+        except RedisClusterException as error:  # not a RedisError: no cluster node reachable
+            raise redis.ConnectionError(str(error)) from error
 
     def _send(self, keys: list[str], generations: list[tuple[str, str]]) -> None:
         now_us = int(self._clock() * 1_000_000)
@@ -84,5 +93,15 @@ class Invalidator:
         # After the deletions: a near cache that drops its copies on this message and
         # reads again must find them gone.
         tags = {hash_tag(key) for key in keys} | {hash_tag(gen_key) for gen_key, _ in generations}
-        pipe.publish(INVALIDATION_CHANNEL, " ".join(sorted(tags)))
-        pipe.execute()
+        if self.publish:
+            pipe.publish(INVALIDATION_CHANNEL, " ".join(sorted(tags)))
+        if self.replicas:
+            # Sentinel: a failover promotes a replica, whose data lacks what the old primary
+            # did not replicate. Counted as delivered only once a replica has it (and the
+            # message): a promoted replica then has it too, and a primary cut off from its
+            # replicas (the one a failover is leaving) never acknowledges one; the write
+            # leaves it in the outbox and every process suspends its reads until delivered.
+            pipe.execute_command("WAIT", self.replicas, 50)
+        replies = pipe.execute()
+        if self.replicas and replies[-1] < self.replicas:
+            raise redis.ConnectionError("cache: invalidation not replicated (WAIT); the primary may be leaving")

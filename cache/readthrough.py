@@ -10,6 +10,7 @@ import fakeredis
 import redis
 
 from .breaker import Breaker
+from .client import mode_of
 from .epoch import EpochGuard
 from .entries import NOT_FOUND, Entry, Loaded, from_loaded, from_stored
 from .invalidation import Invalidator
@@ -73,7 +74,9 @@ class ReadThroughCache:
         self._invalidator = Invalidator(client, self._scripts, self.breaker, clock,
                                         max(1, int(generation_ttl * 1000)),
                                         settle=near.window if near is not None else 0.0,
-                                        monotonic=clock, sleep=sleep)
+                                        monotonic=clock, sleep=sleep,
+                                        replicas=1 if mode_of(client) == "sentinel" else 0,
+                                        publish=mode_of(client) != "cluster")
 
     def get_or_load(self, family: str, key: str, loader: Callable[[], Loaded], *,
                     variant: str = "", generation_key: str | None = None, claim: Claim | None = None) -> Entry:

@@ -108,8 +108,10 @@ class DirectConnection:
 
     def __init__(self, client: redis.Redis,
                  on_connect: Callable[[redis.Connection], None] | None = None) -> None:
-        pool = client.connection_pool
-        self._make = lambda: pool.connection_class(**pool.connection_kwargs)
+        from .client import connection_factory  # (client imports near, which imports nothing of ours)
+
+        # Sentinel mode: a plain connection to the primary the sentinels name now.
+        self._make = connection_factory(client)
         self._lock = threading.Lock()
         self._conn: redis.Connection | None = None
         self._pid = 0
@@ -123,6 +125,11 @@ class DirectConnection:
             try:
                 conn.send_command("EVALSHA", sha, len(keys), *keys, *args)
                 return conn.read_response()
+            except redis.exceptions.ReadOnlyError:
+                # A demoted primary (a failover): the next call asks for the primary again.
+                conn.disconnect()
+                self._conn = None
+                raise
             except redis.ResponseError:
                 raise
             except BaseException:
@@ -136,6 +143,12 @@ class DirectConnection:
             try:
                 conn.connect()
                 self.on_connect(conn)
+            except redis.RedisError:
+                conn.disconnect()
+                raise
+            except Exception as error:  # e.g. the epoch repair could not replay: a Redis failure to callers
+                conn.disconnect()
+                raise redis.ConnectionError(f"cache: new Redis connection not usable: {error}") from error
             except BaseException:
                 conn.disconnect()
                 raise
@@ -166,15 +179,83 @@ class DirectScript:
             return self._connection.evalsha(self.sha, keys, args)
 
 
-class Scripts:
-    """The lease scripts of one client: the hot three over a DirectConnection, the bump in pipelines."""
+class LazyClient:
+    """The cluster client of the lookup path, made on first use (not at start-up).
 
-    def __init__(self, client: redis.Redis,
+    At start-up the epoch check's repair is not wired yet, and the cluster may be down: made
+    then, its first connection would record an epoch without repairing, or fail the start.
+    """
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._make()
+        return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+class ClientScript:
+    """A Lua script run through a (cluster) client's command layer, which routes it by its keys' slot."""
+
+    def __init__(self, client: LazyClient, source: str) -> None:
+        self._client = client
+        self._source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __call__(self, *, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        client = self._client.get()
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            client.script_load(self._source)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+class Scripts:
+    """The lease scripts of one client: the hot three over a DirectConnection, the bump in pipelines.
+
+    On a Redis Cluster the hot three go through a second cluster client instead (``lookup_client``:
+    MOVED/ASK and failovers followed by redis-py, each new connection epoch-checked); the
+    ~30 µs of redis-py's command layer is the price there.
+    """
+
+    def __init__(self, client: Any,
                  on_connect: Callable[[redis.Connection], None] | None = None) -> None:
-        connection = DirectConnection(client, on_connect)
-        self.lookup = DirectScript(client, connection, LOOKUP)
-        self.fill = DirectScript(client, connection, FILL)
-        self.release = DirectScript(client, connection, RELEASE)
+        from redis.cluster import RedisCluster
+
+        if isinstance(client, RedisCluster):
+            from .client import lookup_client
+
+            lookups = LazyClient((lambda: lookup_client(client, on_connect)) if on_connect is not None
+                                 else (lambda: client))
+            self.lookup = ClientScript(lookups, LOOKUP)
+            self.fill = ClientScript(lookups, FILL)
+            self.release = ClientScript(lookups, RELEASE)
+            self.close = lookups.close if on_connect is not None else (lambda: None)
+        else:
+            from .client import mode_of
+
+            # Sentinel: declared as Redis 7 scripts (a shebang, no `no-writes` flag), which a
+            # replica refuses before running, even a hit. A primary demoted by a failover thus
+            # answers READONLY to every lookup, and the connection moves to the new primary
+            # (epoch-checked there) instead of serving hits from a replica.
+            shebang = "#!lua\n" if mode_of(client) == "sentinel" else ""
+            connection = DirectConnection(client, on_connect)
+            self.lookup = DirectScript(client, connection, shebang + LOOKUP)
+            self.fill = DirectScript(client, connection, shebang + FILL)
+            self.release = DirectScript(client, connection, shebang + RELEASE)
+            self.close = connection.close
         self.bump = client.register_script(BUMP_GENERATION)
 
     def queue_bump(self, pipe: redis.client.Pipeline, generation_key: str, pages_base: str,
@@ -182,7 +263,9 @@ class Scripts:
         """Add a generation bump to `pipe` as a bare EVALSHA (see `load_bump`)."""
         # A Script passed to a pipeline first sends SCRIPT EXISTS, a second round
         # trip; the caller instead reloads and retries on NOSCRIPT, which is rare.
-        pipe.evalsha(self.bump.sha, 2, generation_key, pages_base, separator, now_us, ttl_ms)
+        # execute_command: a cluster pipeline refuses its evalsha() method, not the command
+        # (routed by its first key; both keys share the {u:id} tag, so one slot).
+        pipe.execute_command("EVALSHA", self.bump.sha, 2, generation_key, pages_base, separator, now_us, ttl_ms)
 
     def load_bump(self) -> None:
         """Load the bump script after a NOSCRIPT (flushed script cache, restarted Redis)."""

@@ -23,7 +23,7 @@ from service.errors import JSONErrors, register_error_handlers
 from service.extension import EXTENSION, Services
 from service.fast_path import CachedReads
 from service.outbox import Outbox
-from service.storage import LocalStorage
+from service.storage import LocalStorage, storage_from_url
 from service.audit import Auditor
 from service.logging_setup import configure_logging
 from service.telemetry import ENDPOINT, Observed, Telemetry, default_instance
@@ -63,7 +63,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
 
     settings = app.config
     client = redis_client if redis_client is not None else make_client(
-        settings["REDIS_URL"], connect_timeout=settings["REDIS_SOCKET_TIMEOUT"],
+        settings["REDIS_URL"], mode=settings["REDIS_MODE"], sentinels=settings["REDIS_SENTINELS"],
+        sentinel_master=settings["REDIS_SENTINEL_MASTER"], connect_timeout=settings["REDIS_SOCKET_TIMEOUT"],
         socket_timeout=settings["REDIS_SOCKET_TIMEOUT"])
     _require_lua(client)
     breaker = Breaker(threshold=settings["CACHE_BREAKER_THRESHOLD"], base_delay=settings["CACHE_BREAKER_BASE_DELAY"],
@@ -83,7 +84,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     app.extensions[EXTENSION] = Services(
         cache=cache,
         redis=client,
-        storage=LocalStorage(settings["MEDIA_ROOT"]),
+        storage=storage_from_url(settings["STORAGE_URL"]) if settings["STORAGE_URL"] else LocalStorage(
+            settings["MEDIA_ROOT"]),
         clock=settings.get("CLOCK", models_base.utcnow),
         telemetry=telemetry,
         outbox=outbox,
@@ -94,7 +96,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
 
     from service import auth, docs, flyers, health, media, openapi, operations, profiles
     app.config["RATELIMIT_ENABLED"] = app.config["RATE_LIMIT_ENABLED"]
-    storage_uri, storage_options = _limiter_storage(client)
+    storage_uri, storage_options = _limiter_storage(client, app.config)
     limiter = Limiter(get_remote_address, app=app, storage_uri=storage_uri, storage_options=storage_options,
                       headers_enabled=True, swallow_errors=True, in_memory_fallback_enabled=True,
                       key_prefix="pf-ratelimit")
@@ -138,19 +140,23 @@ def _outbox(app: Flask, cache: ReadThroughCache) -> Outbox:
     return outbox
 
 
-def _limiter_storage(client: Any) -> tuple[str, dict[str, Any]]:
+def _limiter_storage(client: Any, settings: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """Keep the rate limits in the cache's Redis, through its client's pool.
 
     So the limiter waits on Redis no longer than the cache does (the pool's socket timeouts,
     no retries), and a client passed to `create_app` (fakeredis in tests) is the one used,
     never a Redis named by the environment. While Redis fails the limiter counts in this
-    process's memory (``in_memory_fallback_enabled``). A client without one pool (a
-    cluster) leaves the limits in memory.
+    process's memory (``in_memory_fallback_enabled``). A cluster client has no one pool: the
+    limiter gets its own cluster connection, with the cache's socket timeout.
     """
     pool = getattr(client, "connection_pool", None)
-    if pool is None:
-        return "memory://", {}
-    return "redis://", {"connection_pool": pool}
+    if pool is not None:
+        return "redis://", {"connection_pool": pool}
+    if settings["REDIS_MODE"] == "cluster" and settings["REDIS_URL"]:
+        node = settings["REDIS_URL"].split("://", 1)[1].split("/", 1)[0]
+        timeout = settings["REDIS_SOCKET_TIMEOUT"]
+        return "redis+cluster://" + node, {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    return "memory://", {}
 
 
 def _name_endpoint() -> None:

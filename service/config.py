@@ -9,6 +9,27 @@ def _bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+REDIS_MODES = ("single", "cluster", "sentinel")
+
+
+def _redis_mode(value: str) -> str:
+    mode = value.strip().lower() or "single"
+    if mode not in REDIS_MODES:
+        raise ValueError(f"REDIS_MODE must be one of {', '.join(REDIS_MODES)}, not {value!r}")
+    return mode
+
+
+def _addresses(value: str) -> list[tuple[str, int]]:
+    """``host:port,host:port`` as a list of (host, port)."""
+    addresses = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        host, colon, port = item.rpartition(":")
+        if not colon or "]" in port:
+            host, port = item, ""
+        addresses.append((host.strip("[]") or "127.0.0.1", int(port or 26379)))
+    return addresses
+
+
 def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Return the application settings from ``env`` (the process environment by default)."""
     env = os.environ if env is None else env
@@ -23,7 +44,12 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SECRET_KEY": env.get("SECRET_KEY", "dev-only-insecure-secret-key-change-me-in-production"),
         "JWT_TTL_SECONDS": int(env.get("JWT_TTL_SECONDS", "86400")),
         "PASSWORD_HASH_METHOD": env.get("PASSWORD_HASH_METHOD", "scrypt"),
+        "REDIS_MODE": _redis_mode(env.get("REDIS_MODE", "single")),
+        "REDIS_SENTINELS": _addresses(env.get("REDIS_SENTINELS", "")),
+        "REDIS_SENTINEL_MASTER": env.get("REDIS_SENTINEL_MASTER", "mymaster"),
         "MEDIA_ROOT": env.get("MEDIA_ROOT", os.path.abspath("media")),
+        "STORAGE_URL": env.get("STORAGE_URL") or None,  # None: file:// + MEDIA_ROOT
+        "MEDIA_BASE_URL": (env.get("MEDIA_BASE_URL") or "").rstrip("/") or None,
         "PUBLIC_BASE_URL": (env.get("PUBLIC_BASE_URL") or "").rstrip("/") or None,
         # Host names served besides PUBLIC_BASE_URL's (env TRUSTED_HOSTS); neither set: any host.
         "SERVED_HOSTS": [name.strip() for name in env.get("TRUSTED_HOSTS", "").split(",") if name.strip()],

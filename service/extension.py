@@ -10,7 +10,7 @@ from flask import current_app
 
 from cache import CacheStats, ReadThroughCache
 from service.outbox import Outbox
-from service.storage import LocalStorage
+from service.storage import LocalStorage, S3Storage
 from service.telemetry import Telemetry
 
 EXTENSION = "profile_service"
@@ -20,7 +20,7 @@ EXTENSION = "profile_service"
 class Services:
     cache: ReadThroughCache
     redis: Any
-    storage: LocalStorage
+    storage: LocalStorage | S3Storage
     clock: Callable[[], datetime]
     telemetry: Telemetry
     outbox: Outbox

@@ -4,6 +4,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from flask import current_app, has_app_context
+
 from models import Flyer, User
 
 
@@ -13,8 +15,11 @@ def iso(moment: datetime) -> str:
 
 
 def media_url(base_url: str, key: str | None) -> str | None:
-    """Return the absolute URL of a stored media file, or None."""
-    return f"{base_url}/media/{key}" if key else None
+    """Return the absolute URL of a stored media file (under ``MEDIA_BASE_URL`` if set), or None."""
+    if not key:
+        return None
+    media_base = current_app.config.get("MEDIA_BASE_URL") if has_app_context() else None
+    return f"{media_base}/{key}" if media_base else f"{base_url}/media/{key}"
 
 
 def profile_json(user: User, flyer_count: int, base_url: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ pytest.register_assert_rewrite("service.testing")  # before the import below, so
 from service.testing import (FAST_HASH, TEST_SECRET, FakeClock, dispose_app, jpeg_bytes,  # noqa: E402
                              make_app)
 
-pytest_plugins = ["service.testing"]
+pytest_plugins = ["service.testing", "tests.deployments"]
 
 __all__ = ["FAST_HASH", "TEST_SECRET", "FakeClock", "jpeg_bytes"]  # imported by test modules
 

@@ -81,9 +81,30 @@ def real_client() -> Iterator[redis.Redis]:
     client.close()
 
 
-@pytest.fixture(params=["fake", "real"])
+@pytest.fixture
+def cluster_client(redis_cluster) -> Iterator[Any]:
+    """A client of the tests' Redis Cluster (tests/deployments.py), every primary flushed."""
+    redis_cluster.flush()
+    client = make_client(redis_cluster.url, mode="cluster", connect_timeout=1.0, socket_timeout=1.0)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def sentinel_client(sentinel_group) -> Iterator[Any]:
+    """A client of the tests' Sentinel group's primary, found through the sentinels, flushed."""
+    from cache.client import close_client
+
+    sentinel_group.flush()
+    client = make_client(None, mode="sentinel", sentinels=sentinel_group.sentinels,
+                         sentinel_master=sentinel_group.master, connect_timeout=1.0, socket_timeout=1.0)
+    yield client
+    close_client(client)
+
+
+@pytest.fixture(params=["fake", "real", "cluster", "sentinel"])
 def client(request: pytest.FixtureRequest) -> redis.Redis:
-    """The same test against fakeredis and against the real test Redis."""
+    """The same test against fakeredis, the real test Redis, a Redis Cluster and a Sentinel group."""
     return request.getfixturevalue(f"{request.param}_client")
 
 

@@ -13,6 +13,7 @@ PAGES = keys.pages_key(5)
 PAGE_1 = keys.page_field(1, 20, "")
 
 
+@pytest.mark.parametrize("client", ["fake", "real"], indirect=True)  # counts one node's commands
 def test_a_hit_sends_exactly_one_redis_command(cache, client, count_commands, counting_loader):
     cache.get_or_load("profile", PROFILE, counting_loader({"id": 5}))
     counter = count_commands(client)
@@ -23,6 +24,7 @@ def test_a_hit_sends_exactly_one_redis_command(cache, client, count_commands, co
     assert counter.commands == ["EVALSHA"]
 
 
+@pytest.mark.parametrize("client", ["fake", "real"], indirect=True)  # counts one node's commands
 def test_a_page_hit_sends_exactly_one_redis_command(cache, client, count_commands, counting_loader):
     cache.get_or_load("pages", PAGES, counting_loader([1]), variant=PAGE_1, generation_key=GEN)
     counter = count_commands(client)
@@ -169,6 +171,7 @@ def test_a_flushed_script_cache_is_reloaded_transparently(fake_cache, fake_clien
     assert (entry.result, entry.body) == ("hit", b"[1]")
 
 
+@pytest.mark.parametrize("client", ["fake", "real"], indirect=True)  # counts one node's commands
 def test_an_invalidation_is_one_pipeline(cache, client, count_commands, monkeypatch):
     cache.invalidate(generations=[(GEN, PAGES)])  # the first one loads the script (NOSCRIPT)
     sent = []

@@ -27,6 +27,7 @@ def warm_scripts(cache, counting_loader):
     cache.get_or_load("profile", other, counting_loader({}), variant=VARIANT, claim=cache.lookup("profile", other))
 
 
+@pytest.mark.parametrize("client", ["fake", "real"], indirect=True)  # counts one node's commands
 def test_a_missing_entry_is_claimed_in_the_same_round_trip(cache, client, count_commands, counting_loader):
     warm_scripts(cache, counting_loader)
     counter = count_commands(client)
@@ -54,6 +55,7 @@ def test_a_second_lookup_of_a_claimed_miss_finds_the_lease_held(cache):
     assert isinstance(second, Claim) and not second.granted
 
 
+@pytest.mark.parametrize("client", ["fake", "real"], indirect=True)  # counts one node's commands
 def test_a_claimed_miss_is_loaded_and_filled_with_one_more_round_trip(cache, client, count_commands,
                                                                      counting_loader):
     warm_scripts(cache, counting_loader)
