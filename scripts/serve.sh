@@ -14,4 +14,4 @@ if [ -n "${REDIS_URL:-}" ]; then
 else
   concurrency=(--workers 1 --threads "${WEB_THREADS:-4}")
 fi
-exec .venv/bin/gunicorn "${concurrency[@]}" --bind "${BIND:-127.0.0.1:8000}" --access-logfile - wsgi:app
+exec .venv/bin/gunicorn "${concurrency[@]}" --bind "${BIND:-127.0.0.1:8000}" wsgi:app  # the service logs one JSON access line per request itself
