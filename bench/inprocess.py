@@ -24,7 +24,7 @@ Wsgi = Callable[[dict, Callable], Iterable[bytes]]
 
 def environ(path: str) -> dict[str, Any]:
     return {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "wsgi.url_scheme": "http",
-            "HTTP_HOST": "localhost", "SERVER_NAME": "localhost", "SERVER_PORT": "80",
+            "HTTP_HOST": "127.0.0.1", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80",
             "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr}
 
 

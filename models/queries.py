@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import DateTime, Integer, and_, bindparam, case, func, literal_column, select
+from sqlalchemy import Connection, DateTime, Integer, and_, bindparam, case, func, literal_column, select
 from sqlalchemy.orm import contains_eager, joinedload, raiseload, selectinload
 
 from models.base import db
-from models.flyer import Flyer
+from models.flyer import Flyer, FlyerImage
 from models.user import User
 
 
@@ -77,3 +78,53 @@ def get_flyer(flyer_id: int) -> Flyer | None:
         .options(contains_eager(Flyer.creator), selectinload(Flyer.images))
         .where(Flyer.id == flyer_id)
     ).first()
+
+
+# -- read-only loads for cache misses ------------------------------------------------------
+# The same statements as CREATOR and CREATOR_PAGE, written in Core: the rows come back as
+# plain Rows (no entities, no identity map, no session), on a connection of the pool taken
+# in autocommit, so a load is its statements' round trips and nothing more (no BEGIN, no
+# ROLLBACK). Each statement sees its own snapshot, as it does in the session's READ
+# COMMITTED transaction.
+_users, _flyers, _images = User.__table__, Flyer.__table__, FlyerImage.__table__
+PROFILE_COLUMNS = ("id", "username", "display_name", "bio", "picture_key", "thumbnail_key",
+                   "created_at", "updated_at")
+CREATOR_ROW = (
+    select(*(_users.c[name] for name in PROFILE_COLUMNS), _stats.c.valid, _stats.c.next_start, _stats.c.next_end)
+    .select_from(_users.outerjoin(_stats, _stats.c.creator_id == _users.c.id))
+    .where(_users.c.id == _USER_ID)
+)
+_page = (
+    select(_flyers)
+    .where(_flyers.c.creator_id == _USER_ID, _flyers.c.valid_from <= _NOW, _flyers.c.valid_until > _NOW)
+    .order_by(_flyers.c.created_at.desc(), _flyers.c.id.desc())
+    .offset(_OFFSET).limit(_LIMIT)
+    .subquery()
+)
+PAGE_ROWS = (
+    select(_page, _images.c.storage_key.label("image_key"), _images.c.order.label("image_order"))
+    .select_from(_page.outerjoin(_images, _images.c.flyer_id == _page.c.id))
+    .order_by(_page.c.created_at.desc(), _page.c.id.desc(), _images.c.order)
+)
+
+
+def stats_of(row: Any) -> CreatorStats:
+    boundaries = [moment for moment in (row.next_start, row.next_end) if moment is not None]
+    return CreatorStats(valid_flyers=row.valid or 0, next_change=min(boundaries) if boundaries else None)
+
+
+def read_creator(conn: Connection, user_id: int, now: datetime) -> Any:
+    """The creator's profile columns with ``valid``, ``next_start``, ``next_end`` (a Row), or None."""
+    return conn.execute(CREATOR_ROW, {"user_id": user_id, "now": now}).first()
+
+
+def read_creator_page(conn: Connection, creator_id: int, now: datetime, offset: int,
+                      limit: int) -> list[tuple[Any, list[Any]]]:
+    """One page of the creator's valid flyers, newest first: (flyer row, its image rows in order)."""
+    flyers: list[tuple[Any, list[Any]]] = []
+    for row in conn.execute(PAGE_ROWS, {"user_id": creator_id, "now": now, "offset": offset, "limit": limit}):
+        if not flyers or flyers[-1][0].id != row.id:
+            flyers.append((row, []))
+        if row.image_key is not None:
+            flyers[-1][1].append(row)
+    return flyers

@@ -18,6 +18,7 @@ from models import db
 from models.base import MAX_ID
 from service import invalidation
 from service.config import load_config
+from service.database import ping_idle_connections
 from service.edge import Edge, number_pattern
 from service.errors import JSONErrors, register_error_handlers
 from service.extension import EXTENSION, Services
@@ -55,6 +56,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     app.json.sort_keys = False
 
     db.init_app(app)
+    with app.app_context():
+        ping_idle_connections(db.engine, app.config["DB_PING_IDLE_SECONDS"])
     Migrate(app, db, directory=MIGRATIONS)
     invalidation.listen()
 
