@@ -12,11 +12,11 @@
   after a profile write, and werkzeug's ETag/304 handling.
 - ``no-cache``: the same views with no cache, so every request queries SQL.
 - ``floor-sql``: the bare-query floor of a profile miss: a plain Flask route on the profile's
-  path that runs the service's own profile statement (``models.queries.CREATOR``, compiled once
+  path that runs the service's own profile statement (``models.queries.CREATOR_ROW``, compiled once
   to its PostgreSQL text) with psycopg over one kept autocommit connection, and answers the row
   (the user and its valid-flyer count / next boundary) as JSON.
 - ``floor-sql-page``: the same for a creator page: the creator statement, then the page
-  statement (``models.queries.CREATOR_PAGE``: the page's flyers with their images joined), the
+  statement (``models.queries.PAGE_ROWS``: the page's flyers with their images joined), the
   rows as JSON. Neither floor has a cache, an ORM, a session or a pool.
 
 Settings come from the environment, read by the service's own ``load_config``.
@@ -88,12 +88,12 @@ def _floor_sql(*, page: bool) -> Flask:
     import psycopg
     from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
 
-    from models.queries import CREATOR, CREATOR_PAGE
+    from models.queries import CREATOR_ROW, PAGE_ROWS
     from service.config import load_config
 
     dialect = pg_dialect.dialect()
-    creator_sql = str(CREATOR.compile(dialect=dialect))
-    page_sql = str(CREATOR_PAGE.compile(dialect=dialect))
+    creator_sql = str(CREATOR_ROW.compile(dialect=dialect))
+    page_sql = str(PAGE_ROWS.compile(dialect=dialect))
     url = load_config()["SQLALCHEMY_DATABASE_URI"].replace("postgresql+psycopg://", "postgresql://")
     app = Flask(__name__)
     kept: list[psycopg.Connection] = []  # one connection per worker, opened after the fork

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, DateTime, Integer, and_, bindparam, case, func, literal_column, select
-from sqlalchemy.orm import contains_eager, joinedload, raiseload, selectinload
+from sqlalchemy.orm import contains_eager, selectinload
 
 from models.base import db
 from models.flyer import Flyer, FlyerImage
@@ -39,19 +39,11 @@ _stats = (
     .group_by(Flyer.creator_id)
     .subquery()
 )
+
 CREATOR = (
     select(User, _stats.c.valid, _stats.c.next_start, _stats.c.next_end)
     .outerjoin(_stats, _stats.c.creator_id == User.id)
     .where(User.id == _USER_ID)
-)
-# The creator comes from the identity map (CREATOR loaded it); the images join the limited
-# page in the same statement (SQLAlchemy wraps the page in a subquery).
-CREATOR_PAGE = (
-    select(Flyer)
-    .options(joinedload(Flyer.images), raiseload(Flyer.creator, sql_only=True))
-    .where(Flyer.creator_id == _USER_ID, valid_at(_NOW))
-    .order_by(Flyer.created_at.desc(), Flyer.id.desc())
-    .offset(_OFFSET).limit(_LIMIT)
 )
 
 
@@ -62,12 +54,6 @@ def get_creator(user_id: int, now: datetime) -> tuple[User, CreatorStats] | None
         return None
     boundaries = [moment for moment in (row.next_start, row.next_end) if moment is not None]
     return row[0], CreatorStats(valid_flyers=row.valid or 0, next_change=min(boundaries) if boundaries else None)
-
-
-def list_creator_flyers(creator_id: int, now: datetime, offset: int, limit: int) -> list[Flyer]:
-    """Return one page of the creator's valid flyers, newest first, creator and images loaded."""
-    return list(db.session.scalars(
-        CREATOR_PAGE, {"user_id": creator_id, "now": now, "offset": offset, "limit": limit}).unique())
 
 
 def get_flyer(flyer_id: int) -> Flyer | None:

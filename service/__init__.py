@@ -19,6 +19,7 @@ from models.base import MAX_ID
 from service import invalidation
 from service.config import load_config
 from service.database import ping_idle_connections
+from service.http import NoSessions
 from service.edge import Edge, number_pattern
 from service.errors import JSONErrors, register_error_handlers
 from service.extension import EXTENSION, Services
@@ -54,6 +55,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     app.url_map.strict_slashes = False
     app.url_map.converters["id"] = IdConverter
     app.json.sort_keys = False
+    app.session_interface = NoSessions()
 
     db.init_app(app)
     with app.app_context():
@@ -103,7 +105,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     from service.commands import register_commands
     register_commands(app)
     if app.config["CACHE_FAST_PATH"]:
-        app.wsgi_app = CachedReads(app.wsgi_app, cache, app.config)
+        app.wsgi_app = CachedReads(app.wsgi_app, cache, app.config, app.app_context)
     app.wsgi_app = Edge(Timed(app.wsgi_app, telemetry), app.config)
     app.wsgi_app = JSONErrors(app.wsgi_app, settings["DB_RETRY_AFTER_SECONDS"])  # outermost: always JSON
     return app

@@ -13,10 +13,10 @@ from typing import Any, Callable, Iterable, Mapping
 
 from werkzeug.sansio.utils import get_current_url, get_host
 
-from cache import Entry, ReadThroughCache
+from cache import Claim, Entry, ReadThroughCache
 from models.base import MAX_ID
 from service.http import NO_CACHE, etag_matches
-from service.reads import PEEK, Lookup, flyer_lookup, page_lookup, profile_lookup
+from service.reads import PEEK, Lookup, flyer_lookup, page_lookup, profile_lookup, read_creator_page, read_profile
 from service.schemas import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from service.telemetry import ENDPOINT
 
@@ -42,16 +42,22 @@ def _page_args(query: str) -> tuple[int, int] | None:
 class CachedReads:
     """WSGI middleware: serve GET hits of profiles, creator pages and flyers from the cache."""
 
-    def __init__(self, app: Callable, cache: ReadThroughCache, config: Mapping[str, Any]) -> None:
+    def __init__(self, app: Callable, cache: ReadThroughCache, config: Mapping[str, Any],
+                 app_context: Callable[[], Any] | None = None) -> None:
         self.app = app
         self.cache = cache
         self.config = config
+        # Given (the Flask app's app_context), profile and page misses are loaded here too, in
+        # an app context but without routing a request through Flask.
+        self.app_context = app_context
         self._bases: dict[tuple[str, str], str] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
-        lookup = self._lookup(environ) if environ["REQUEST_METHOD"] == "GET" else None
+        lookup, read = self._lookup(environ) if environ["REQUEST_METHOD"] == "GET" else _NO_LOOKUP
         entry = self.cache.lookup(lookup.family, lookup.key, variant=lookup.variant,
                                   generation_key=lookup.generation_key) if lookup else None
+        if isinstance(entry, Claim) and read is not None and self.app_context is not None:
+            entry = self._load(entry, read)
         if not isinstance(entry, Entry) or entry.body is None:
             if entry is not None:
                 # The view answers a miss (its lease already claimed) or a cached 404
@@ -68,21 +74,36 @@ class CachedReads:
                                   ("ETag", etag), ("Cache-Control", NO_CACHE)])
         return [entry.body]
 
-    def _lookup(self, environ: dict[str, Any]) -> Lookup | None:
+    def _load(self, claim: Claim, read: Callable[[Claim], Entry]) -> Entry | None:
+        """Load a profile or page miss as its view would; None (Flask then serves the request
+        from the start) when the load raised: Flask's error handlers answer it."""
+        try:
+            with self.app_context():
+                return read(claim)
+        except Exception:  # noqa: BLE001 - the view runs it again and answers the error
+            return None
+
+    def _lookup(self, environ: dict[str, Any]) -> tuple[Lookup | None, Callable[[Claim], Entry] | None]:
+        """The request's cached read, and for a profile or page the function that loads its miss."""
         match = ROUTE.fullmatch(environ.get("PATH_INFO", ""))
         if match is None:
-            return None
+            return _NO_LOOKUP
         number = int(match[3] or match[1])
         if number > MAX_ID:
-            return None  # no lookup, so no lease, for an id no row can have
+            return _NO_LOOKUP  # no lookup, so no lease, for an id no row can have
         base = self.config["PUBLIC_BASE_URL"] or self._base_url(environ)
         query = environ.get("QUERY_STRING", "")
+        if query and (match[3] or match[2] == "profile"):
+            return _NO_LOOKUP
         if match[3]:
-            return flyer_lookup(number, base) if not query else None
+            return flyer_lookup(number, base), None
         if match[2] == "profile":
-            return profile_lookup(number, base) if not query else None
+            return profile_lookup(number, base), lambda claim: read_profile(number, base, claim)
         args = _page_args(query)
-        return page_lookup(number, args[0], args[1], base) if args else None
+        if not args:
+            return _NO_LOOKUP
+        return (page_lookup(number, args[0], args[1], base),
+                lambda claim: read_creator_page(number, args[0], args[1], base, claim))
 
 
     def _base_url(self, environ: dict[str, Any]) -> str:
@@ -106,6 +127,7 @@ class CachedReads:
 
 
 _MAX_BASES = 1024
+_NO_LOOKUP: tuple[None, None] = (None, None)
 
 
 def _werkzeug_base_url(environ: dict[str, Any]) -> str:
