@@ -108,7 +108,8 @@ def read_creator_page(conn: Connection, creator_id: int, now: datetime, offset: 
                       limit: int) -> list[tuple[Any, list[Any]]]:
     """One page of the creator's valid flyers, newest first: (flyer row, its image rows in order)."""
     flyers: list[tuple[Any, list[Any]]] = []
-    for row in conn.execute(PAGE_ROWS, {"user_id": creator_id, "now": now, "offset": offset, "limit": limit}):
+    rows = conn.execute(PAGE_ROWS, {"user_id": creator_id, "now": now, "offset": offset, "limit": limit}).all()
+    for row in rows:
         if not flyers or flyers[-1][0].id != row.id:
             flyers.append((row, []))
         if row.image_key is not None:
