@@ -730,8 +730,8 @@ class Bench:
             "no-cache. Hit rate: service = the service's own CacheStats counters (hit + lease_wait over all "
             "lookups), flask-caching = its backend's get() answers (None = miss), both counted in the workers. "
             "SQL/req = statements counted by a "
-            "SQLAlchemy before_cursor_execute listener in each worker; pings/req = pool checkouts, each one a "
-            "pool_pre_ping round trip. \"plan wrapped\" (miss rows only): requests sent after the row's list of "
+            "SQLAlchemy before_cursor_execute listener in each worker; pings/req = pool checkouts (a ping round "
+            "trip only for a connection idle >= DB_PING_IDLE_SECONDS, no longer pool_pre_ping on each). \"plan wrapped\" (miss rows only): requests sent after the row's list of "
             "never-used ids ran out, which would be hits. Redis/PG µs = CPU of redis-server / all postgres processes per request. "
             f"Others' CPU = what the rest of the machine used during the row (% of all cores); a read row above "
             f"{self.args.noisy:g}% is measured again, up to {self.args.retries} times, keeping the quietest attempt.",
