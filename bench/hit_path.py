@@ -18,7 +18,7 @@ import time
 
 def environ(path: str) -> dict:
     return {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "wsgi.url_scheme": "http",
-            "HTTP_HOST": "localhost", "SERVER_NAME": "localhost", "SERVER_PORT": "80",
+            "HTTP_HOST": "127.0.0.1:1", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "1",
             "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr}
 
 
