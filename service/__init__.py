@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 import redis
 from flask import Flask, Response, request
+from sqlalchemy import event
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
@@ -123,11 +124,20 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     return app
 
 
+def _sqlite_wal(dbapi_connection: Any, connection_record: Any) -> None:
+    """SQLite in write-ahead-log mode: readers never wait for a writer's commit (nor starve behind writers)."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
 def _outbox(app: Flask, cache: ReadThroughCache) -> Outbox:
     """The outbox deliverer of this app; its thread starts with the first cache lookup of each process."""
     settings = app.config
     with app.app_context():
         engine = db.engine
+    if engine.dialect.name == "sqlite" and not event.contains(engine, "connect", _sqlite_wal):
+        event.listen(engine, "connect", _sqlite_wal)
     longest_ttl = max(settings["CACHE_DEFAULT_TTL"], settings["CACHE_NEGATIVE_TTL"], settings["CACHE_LEASE_TTL"])
     outbox = Outbox(engine, cache, write_timeout=settings["CACHE_WRITE_DEADLINE"],
                     poll_interval=settings["OUTBOX_POLL_INTERVAL"], grace=settings["OUTBOX_GRACE"],

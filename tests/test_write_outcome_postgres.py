@@ -333,9 +333,9 @@ def post_writer(token: str, history: list[Op], stop: threading.Event) -> None:
         history.append(Op("post", key, *answer, token=token))
 
 
-def run_writers(prefix: str, during) -> list[Op]:
+def run_writers(prefix: str, during, history: list[Op] | None = None) -> list[Op]:
     """Run two PATCH and two POST writers while ``during()`` runs; return the history."""
-    history: list[Op] = []
+    history = [] if history is None else history
     stop = threading.Event()
     threads = [threading.Thread(target=patch_writer, args=(register(f"{prefix}p{n}"), f"{prefix}p{n}", history, stop))
                for n in range(2)]
@@ -358,13 +358,22 @@ def committed() -> tuple[set[str], list[str]]:
     return bios, titles
 
 
-def outages(cluster: Cluster) -> None:
+def outages(cluster: Cluster, during_outage=lambda: None) -> None:
     time.sleep(BETWEEN_SECONDS)
     for _ in range(OUTAGES):
         cluster.stop_immediately()
+        during_outage()
         time.sleep(OUTAGE_SECONDS)
         cluster.start()
         time.sleep(BETWEEN_SECONDS)
+
+
+def one_post(token: str, history: list[Op]) -> None:
+    """One keyed flyer POST (sent while the database is down, so there is always a failed POST to retry)."""
+    key = f"k-{uuid.uuid4().hex}"
+    body, content_type = flyer_form(key)
+    history.append(Op("post", key, *call("POST", "/api/v1/flyers", token=token, body=body,
+                                          content_type=content_type, key=key), token=token))
 
 
 # --- the tests -------------------------------------------------------------------------------
@@ -393,7 +402,9 @@ def resend(op: Op, patience: float = 0.0) -> tuple:
 @pytest.fixture(scope="module")
 def storm(cluster, server) -> Storm:
     """Writers through three outages, then the failed POSTs retried and a few answered ones repeated."""
-    history = run_writers("storm", lambda: outages(cluster))
+    history: list[Op] = []
+    token = register("stormx")
+    history = run_writers("storm", lambda: outages(cluster, lambda: one_post(token, history)), history)
     bios, titles = committed()
     posts = [op for op in history if op.kind == "post"]
     retried = {op.value: resend(op, patience=40) for op in posts if op.status != 201}
