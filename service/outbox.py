@@ -117,14 +117,22 @@ class Outbox:
             log.warning("cache: could not read the outbox after a write", exc_info=True)
 
     def replay_window(self) -> None:
-        """Deliver again every row of the retention window (epoch repair); raises if it cannot."""
+        """Deliver again every row of the retention window (epoch repair); raises if it cannot.
+
+        Rows committed after the repair began are left to their writers, who deliver them to
+        this same server: so the repair ends however busy the writers are (it holds the
+        lookup connection, and with it every read of this process, until it does).
+        """
+        with self.engine.connect() as conn:
+            newest = conn.execute(text("SELECT max(id) FROM cache_outbox")).scalar() or 0
+            conn.rollback()
         last = 0
-        while True:
+        while last < newest:
             with self.engine.connect() as conn:
                 rows = conn.execute(text(
-                    f"SELECT id, user_id, flyer_id FROM cache_outbox WHERE id > :last"
+                    f"SELECT id, user_id, flyer_id FROM cache_outbox WHERE id > :last AND id <= :newest"
                     f" AND created_at >= {self._now} - :window ORDER BY id LIMIT :n"),
-                    {"last": last, "window": self.retention, "n": self.batch}).all()
+                    {"last": last, "newest": newest, "window": self.retention, "n": self.batch}).all()
                 conn.rollback()
             if not rows:
                 return
