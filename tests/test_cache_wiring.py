@@ -135,6 +135,7 @@ def test_two_readers_missing_at_once_cause_one_load(app, client, register, monke
 
     monkeypatch.setattr(queries, "get_creator", slow_get_creator)
     cache, waiting = app.extensions["profile_service"].cache, threading.Event()
+    cache._wait_timeout = 5.0  # the second reader must not give up on a loaded machine
     sleep = cache._sleep
 
     def noting_sleep(seconds):  # the second reader polls for the first one's fill
