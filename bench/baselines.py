@@ -11,6 +11,13 @@
   only calls the loader), a RedisCache on db 1 under the ``fc:`` prefix, ``cache.delete_cached``
   after a profile write, and werkzeug's ETag/304 handling.
 - ``no-cache``: the same views with no cache, so every request queries SQL.
+- ``floor-sql``: the bare-query floor of a profile miss: a plain Flask route on the profile's
+  path that runs the service's own profile statement (``models.queries.CREATOR_ROW``, compiled once
+  to its PostgreSQL text) with psycopg over one kept autocommit connection, and answers the row
+  (the user and its valid-flyer count / next boundary) as JSON.
+- ``floor-sql-page``: the same for a creator page: the creator statement, then the page
+  statement (``models.queries.PAGE_ROWS``: the page's flyers with their images joined), the
+  rows as JSON. Neither floor has a cache, an ORM, a session or a pool.
 
 Settings come from the environment, read by the service's own ``load_config``.
 """
@@ -24,7 +31,7 @@ from flask import Flask, Response, abort, request
 FLOOR_KEY = "bench:floor"
 FLOOR_PATH = "/floor"
 FLASK_CACHING_PREFIX = "fc:"
-NAMES = ("floor-static", "floor-redis", "flask-caching", "no-cache")
+NAMES = ("floor-static", "floor-redis", "flask-caching", "no-cache", "floor-sql", "floor-sql-page")
 # A profile-sized answer: the floors send as many bytes as a profile hit does.
 FLOOR_BODY = (b'{"user_id":5,"username":"user4_1_1","display_name":"Demo user 4","bio":"Festival lover '
               b'from Zurich.","profile_picture_url":"http://127.0.0.1:8000/media/avatars/demo/91be85a8af1'
@@ -42,6 +49,8 @@ def create(name: str | None = None) -> Flask:
         return _floor_redis()
     if name in ("flask-caching", "no-cache"):
         return _endpoints(cached=name == "flask-caching")
+    if name in ("floor-sql", "floor-sql-page"):
+        return _floor_sql(page=name == "floor-sql-page")
     raise ValueError(f"unknown baseline {name!r}; expected one of {', '.join(NAMES)}")
 
 
@@ -69,6 +78,63 @@ def _floor_redis() -> Flask:
             abort(404)
         return Response(body, mimetype="application/json")
 
+    return app
+
+
+def _floor_sql(*, page: bool) -> Flask:
+    import datetime as dt
+
+    import orjson
+    import psycopg
+    from sqlalchemy.dialects.postgresql import psycopg as pg_dialect
+
+    from models.queries import CREATOR_ROW, PAGE_ROWS
+    from service.config import load_config
+
+    dialect = pg_dialect.dialect()
+    creator_sql = str(CREATOR_ROW.compile(dialect=dialect))
+    page_sql = str(PAGE_ROWS.compile(dialect=dialect))
+    url = load_config()["SQLALCHEMY_DATABASE_URI"].replace("postgresql+psycopg://", "postgresql://")
+    app = Flask(__name__)
+    kept: list[psycopg.Connection] = []  # one connection per worker, opened after the fork
+
+    def connection() -> psycopg.Connection:
+        if not kept:
+            kept.append(psycopg.connect(url, autocommit=True))
+        return kept[0]
+
+    def now() -> dt.datetime:
+        return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+    def as_json(cursor: psycopg.Cursor, rows: list[tuple]) -> list[dict[str, Any]]:
+        names = [column.name for column in cursor.description]
+        return [dict(zip(names, row)) for row in rows]
+
+    @app.get("/api/v1/users/<int:user_id>/profile")
+    def profile(user_id: int) -> Response:
+        cursor = connection().execute(creator_sql, {"user_id": user_id, "now": now()})
+        rows = as_json(cursor, cursor.fetchall())
+        if not rows:
+            abort(404)
+        return Response(orjson.dumps(rows[0]), mimetype="application/json")
+
+    @app.get("/api/v1/users/<int:user_id>/flyers")
+    def flyers(user_id: int) -> Response:
+        page_number = int(request.args.get("page", 1))
+        size = int(request.args.get("page_size", 20))
+        moment = now()
+        conn = connection()
+        cursor = conn.execute(creator_sql, {"user_id": user_id, "now": moment})
+        creator = as_json(cursor, cursor.fetchall())
+        if not creator:
+            abort(404)
+        cursor = conn.execute(page_sql, {"user_id": user_id, "now": moment,
+                                         "offset": (page_number - 1) * size, "limit": size})
+        body = {"creator": creator[0], "results": as_json(cursor, cursor.fetchall())}
+        return Response(orjson.dumps(body), mimetype="application/json")
+
+    if not page:  # each floor serves only its own kind of miss
+        app.view_functions["flyers"] = lambda user_id: abort(404)
     return app
 
 

@@ -1,4 +1,4 @@
-"""CPU per request in one process, the service against no-cache and floor-static, interleaved.
+"""CPU per request in one process, the service against its floors and no-cache, interleaved.
 
 No gunicorn, no sockets on the HTTP side, no other workers: each request is a WSGI call, and
 the CPU of this process (``time.process_time``) is summed per server. The servers take turns
@@ -7,6 +7,10 @@ that makes these ratios steadier than the gunicorn rows of ``bench.run``, at the
 leaving out what the HTTP server costs (the same for all of them).
 
     .venv/bin/python -m bench.inprocess            # needs the seeded "bench" database (bench.run seeds it)
+    .venv/bin/python -m bench.inprocess --pg postgresql://postgres@127.0.0.1:5432/bench_x --redis redis://127.0.0.1:P/2
+
+Misses are measured against floor-sql / floor-sql-page (the same statements with psycopg over
+a kept connection) and no-cache; the profile hit against floor-static.
 
 Redis db 2 is flushed before each miss measurement.
 """
@@ -23,8 +27,9 @@ Wsgi = Callable[[dict, Callable], Iterable[bytes]]
 
 
 def environ(path: str) -> dict[str, Any]:
-    return {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "wsgi.url_scheme": "http",
-            "HTTP_HOST": "localhost", "SERVER_NAME": "localhost", "SERVER_PORT": "80",
+    path, _, query = path.partition("?")
+    return {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": query, "wsgi.url_scheme": "http",
+            "HTTP_HOST": "127.0.0.1", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80",
             "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr}
 
 
@@ -65,19 +70,26 @@ def main() -> None:
     from service import create_app
 
     service, no_cache, floor = create_app(), create("no-cache"), create("floor-static")
+    floor_sql, floor_sql_page = create("floor-sql"), create("floor-sql-page")
     client = redis.Redis.from_url(args.redis)
     n = args.requests
     profiles = [f"/api/v1/users/{i}/profile" for i in range(1, n + 1)]
-    pages = [f"/api/v1/users/{i}/flyers" for i in range(1, min(n, 1000) + 1)]
-    for path in profiles[:200] + pages[:100]:  # warm every code path and connection
+    creators = min(n, 1000)  # the bench data's creators have the lowest ids
+    pages = [f"/api/v1/users/{i}/flyers" for i in range(1, creators + 1)]
+    later = [f"/api/v1/users/{i}/flyers?page=2&page_size=20" for i in range(1, creators + 1)]
+    for path in profiles[:200] + pages[:100] + later[:100]:  # warm every code path and connection
         call(service, path)
         call(no_cache, path)
+        call(floor_sql if path.endswith("profile") else floor_sql_page, path)
 
     rows = []
-    for label, paths in (("profile miss", profiles), ("page miss", pages)):
+    for label, paths, floor_name, floor_app in (("profile miss", profiles, "floor-sql", floor_sql),
+                                                ("page miss p1", pages, "floor-sql-page", floor_sql_page),
+                                                ("page miss p2", later, "floor-sql-page", floor_sql_page)):
         client.flushdb()
         client.publish(keys.INVALIDATION_CHANNEL, keys.ALL)  # and the near cache's copies
-        cpu = interleaved({"service": service, "no-cache": no_cache}, paths)
+        cpu = interleaved({"service": service, "no-cache": no_cache, floor_name: floor_app}, paths)
+        rows.append((label, cpu["service"], floor_name, cpu[floor_name]))
         rows.append((label, cpu["service"], "no-cache", cpu["no-cache"]))
     hot = profiles[:100] * (n // 100)
     for path in hot[:100]:
@@ -86,9 +98,9 @@ def main() -> None:
     cpu = interleaved({"service": service, "floor-static": _floor(floor, FLOOR_PATH)}, hot)
     rows.append(("profile hit", cpu["service"], "floor-static", cpu["floor-static"]))
 
-    print(f"{'row':<14} {'service µs':>11} {'baseline':<13} {'µs':>7} {'ratio':>6}")
+    print(f"{'row':<14} {'service µs':>11} {'baseline':<15} {'µs':>7} {'ratio':>6}")
     for label, ours, baseline, theirs in rows:
-        print(f"{label:<14} {ours:>11.0f} {baseline:<13} {theirs:>7.0f} {ours / theirs:>6.2f}")
+        print(f"{label:<14} {ours:>11.0f} {baseline:<15} {theirs:>7.0f} {ours / theirs:>6.2f}")
 
 
 def _floor(app: Wsgi, path: str) -> Wsgi:

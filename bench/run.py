@@ -50,7 +50,9 @@ PASSWORD = "password123"  # what `flask seed` gives every user
 SECRET_KEY = "benchmark-only-secret-key-0123456789abcdef0123456789"
 SERVICE_ENV_SHOWN = ("DATABASE_URL", "REDIS_URL", "RATE_LIMIT_ENABLED", "PUBLIC_BASE_URL", "MEDIA_ROOT",
                      "BENCH_COUNTERS_DIR", "BASELINE")
-ALL_SERVERS = ("service", "flask-caching", "no-cache", "floor-static", "floor-redis")
+ALL_SERVERS = ("service", "flask-caching", "no-cache", "floor-static", "floor-redis", "floor-sql", "floor-sql-page")
+# The bare-query floor of each miss row: the same statements with psycopg over a kept connection.
+MISS_FLOORS = {"profile": "floor-sql", "page": "floor-sql-page"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -415,10 +417,14 @@ class Bench:
         if self.page5_hits and not self.smoke:
             miss_rows.append(("page miss p5", self.page_miss_plan(5)))
         for label, plan in miss_rows:
-            for server in every:
+            floor = servers.get(MISS_FLOORS[label.split()[0]])
+            for server in every + ([floor] if floor is not None else []):
                 self.measure(server, label, plan, before=self.flush)
-        if service is not None and not self.smoke:
-            self.measure(service, "profile miss @4", self.profile_miss_plan(), connections=4, before=self.flush)
+        if not self.smoke:
+            for server in (service, servers.get("floor-sql")):
+                if server is not None:
+                    self.measure(server, "profile miss @4", self.profile_miss_plan(), connections=4,
+                                 before=self.flush)
 
     def redis_memory(self, server: Server) -> None:
         def usage(keys: list[bytes | str]) -> list[int]:
@@ -531,6 +537,35 @@ class Bench:
                        f"{tally.failures} checker errors" + (f"; e.g. {tally.examples}" if tally.examples else ""))
         row.notes.append(self.checks)
         log(f"  stale answers: {tally.stale} ({self.checks})")
+        self.cold_start(server, requests)
+
+    def cold_start(self, server: Server, requests: list[wrk.Request], seconds: float = 12.0) -> None:
+        """Flush Redis under the mixed workload's plan and sample the service's hit rate every 0.5 s."""
+        plan = self.plan(server, "cold start", requests)
+        self.flush()
+        samples: list[tuple[float, float | None]] = []
+        done = []
+
+        def load() -> None:
+            wrk.run(server.url, plan, seconds=seconds, connections=self.args.connections, threads=self.args.threads,
+                    count_statuses=True, timeout_s=seconds + 30, log=self.wrk_log)
+            done.append(True)
+
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(load)
+            started, last = time.monotonic(), server.counters()
+            while not done and time.monotonic() - started < seconds + 5:
+                time.sleep(0.5)
+                now_counts = server.counters()
+                if last is None or now_counts is None:
+                    break
+                hits, lookups = bench_counters.lookups(bench_counters.delta(last, now_counts))
+                samples.append((time.monotonic() - started, hits / lookups if lookups else None))
+                last = now_counts
+            future.result()
+        self.cold_curve = samples
+        back = next((t for t, rate in samples if rate is not None and rate > 0.9), None)
+        log(f"  cold start: hit rate above 90% after {back if back is None else round(back, 1)} s")
 
     def _cum(self) -> list[float]:
         if not hasattr(self, "_cum_weights"):
@@ -571,7 +606,9 @@ class Bench:
         else:
             env = {**self.env, "BASELINE": name}
             app = f'bench.baselines:create("{name}")'
-            ready = FLOOR_PATH if name.startswith("floor") else f"/api/v1/users/{self.user_ids[0]}/profile"
+            ready = (f"/api/v1/users/{self.creators[0]}/flyers" if name == "floor-sql-page"
+                     else FLOOR_PATH if name in ("floor-static", "floor-redis")
+                     else f"/api/v1/users/{self.user_ids[0]}/profile")
         server = Server(name, app, env, self.settings, self.out, counters, ready)
         self.commands.append(server.shown(SERVICE_ENV_SHOWN))
         log(f"{name}: {server.shown(SERVICE_ENV_SHOWN)}")
@@ -601,12 +638,46 @@ class Bench:
             if "service" in servers:
                 saved = self.remember_users(self.pool_ids + self.checker_ids)
                 stack.callback(self.cleanup, saved)
-            self.read_rows({n: s for n, s in servers.items() if not n.startswith("floor")})
+            self.read_rows({n: s for n, s in servers.items() if n not in ("floor-static", "floor-redis")})
             if "service" in servers:
                 self.growth_rows(servers["service"])
                 self.mixed_row(servers["service"])
                 self.upload_rows(servers["service"])
         self.flush()
+
+    def cold_lines(self) -> list[str]:
+        samples = getattr(self, "cold_curve", None)
+        if not samples:
+            return []
+        back = next((t for t, rate in samples if rate is not None and rate > 0.9), None)
+        return ["## Cold start: Redis flushed under the mixed workload", "",
+                "Hit rate of each 0.5 s after the FLUSHDB (the service's own counters), "
+                f"{self.args.connections} connections; above 90% after "
+                f"{'never' if back is None else f'{back:.1f} s'} (target: within 10 s).", "",
+                "| s after flush | hit rate |", "|---:|---:|",
+                *(f"| {t:.1f} | {'-' if rate is None else f'{100 * rate:.1f}%'} |" for t, rate in samples), ""]
+
+    def floor_lines(self) -> list[str]:
+        """Each miss row of the service over its bare-query floor's, measured in this run."""
+        lines = ["## Misses against their bare-query floors", "",
+                 "| row | service CPU µs | floor | floor CPU µs | CPU × | service p99 ms | floor p99 ms | p99 × |",
+                 "|---|---:|---|---:|---:|---:|---:|---:|"]
+        found = False
+        for row in self.rows:
+            if row.server != "service" or "miss" not in row.label:
+                continue
+            floor_name = MISS_FLOORS[row.label.split()[0]]
+            floor = next((r for r in self.rows if r.server == floor_name and r.label == row.label), None)
+            if floor is None or not floor.cpu_us or not floor.p99_ms:
+                continue
+            found = True
+            lines.append(f"| {row.label} | {row.cpu_us:.0f} | {floor_name} | {floor.cpu_us:.0f} | "
+                         f"{row.cpu_us / floor.cpu_us:.2f} | {row.p99_ms:.2f} | {floor.p99_ms:.2f} | "
+                         f"{row.p99_ms / floor.p99_ms:.2f} |")
+        if not found:
+            return []
+        return lines + ["", "Targets (issue 13): CPU × at most 1.3 for each miss row; p99 × at most 2 at 4 "
+                            "connections (\"profile miss @4\").", ""]
 
     def cleanup(self, saved: list[tuple]) -> None:
         self.restore_users(saved)
@@ -649,6 +720,8 @@ class Bench:
             "",
             table(self.rows),
             "",
+            *self.floor_lines(),
+            *self.cold_lines(),
             "CPU = utime+stime of the gunicorn master and workers over the row / requests sent (completed + the few "
             "still in flight when wrk stopped, which the server serves too). "
             "× columns: this row's CPU/request over floor-redis's, and over the same row of flask-caching and "

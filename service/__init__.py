@@ -19,6 +19,8 @@ from models import db
 from models.base import MAX_ID
 from service import invalidation
 from service.config import load_config
+from service.database import ping_idle_connections
+from service.http import NoSessions
 from service.edge import Edge, number_pattern
 from service.errors import JSONErrors, register_error_handlers
 from service.extension import EXTENSION, Services
@@ -56,9 +58,12 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     app.url_map.strict_slashes = False
     app.url_map.converters["id"] = IdConverter
     app.json.sort_keys = False
+    app.session_interface = NoSessions()
 
     configure_logging(app.config["LOG_LEVEL"])
     db.init_app(app)
+    with app.app_context():
+        ping_idle_connections(db.engine, app.config["DB_PING_IDLE_SECONDS"])
     Migrate(app, db, directory=MIGRATIONS)
     invalidation.listen()
 
@@ -116,7 +121,8 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
         from service.decoder import DecoderSettings, pool_for
         pool_for(DecoderSettings.from_config(app.config)).warm()
     if app.config["CACHE_FAST_PATH"]:
-        app.wsgi_app = CachedReads(app.wsgi_app, cache, app.config, audit=audit)
+        app.wsgi_app = CachedReads(app.wsgi_app, cache, app.config, audit=audit,
+                                   app_context=app.app_context)
     app.wsgi_app = Edge(app.wsgi_app, app.config, observe=app.config["CACHE_FAST_PATH"])
     app.wsgi_app = Observed(app.wsgi_app, telemetry, access_sample=settings["ACCESS_LOG_SAMPLE"],
                             wrapped=not app.config["CACHE_FAST_PATH"])  # the fast path does it for its hits

@@ -1,10 +1,12 @@
 """Answer cache hits of the public reads before Flask routes the request.
 
 A hit needs no routing, no request object, no app context: one Redis lookup (none when the
-near cache holds it) and the stored bytes. Whatever this cannot answer exactly as the Flask
-view would (a miss, a cached 404, an unusual query string, a Redis fault) goes on to Flask
-unchanged, so both paths give the same answers; the tests exercise both (first read: Flask,
-later reads: here). A miss leaves its claimed lease in the environ for the view to fill.
+near cache holds it) and the stored bytes. A profile or page miss is loaded here
+too, with the view's own loader in an app context: Flask's routing and request objects cost
+more than the load's statements. Whatever this cannot answer exactly as the Flask view would
+(a flyer miss, a cached 404, an unusual query string, a Redis fault, a load that raised) goes
+on to Flask, so both paths give the same answers; the tests exercise both. A flyer miss leaves
+its claimed lease in the environ for the view to fill.
 """
 from __future__ import annotations
 
@@ -13,11 +15,11 @@ from typing import Any, Callable, Iterable, Mapping
 
 from werkzeug.sansio.utils import get_current_url, get_host
 
-from cache import Entry, ReadThroughCache
+from cache import Claim, Entry, ReadThroughCache
 from models.base import MAX_ID
 from service.http import NO_CACHE, etag_matches
 from service.audit import Auditor, Job
-from service.reads import (PEEK, RELOAD, Lookup, flyer_lookup, page_lookup, profile_lookup, read_creator_page,
+from service.reads import (HITS, PEEK, RELOAD, Failed, Lookup, flyer_lookup, page_lookup, profile_lookup, read_creator_page,
                            read_flyer, read_profile)
 from service.schemas import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from service.telemetry import CACHE_RESULT, LABELS, REQUEST_ID, observing
@@ -50,10 +52,11 @@ class CachedReads:
     """
 
     def __init__(self, app: Callable, cache: ReadThroughCache, config: Mapping[str, Any], *,
-                 audit: Auditor | None = None) -> None:
+                 audit: Auditor | None = None, app_context: Callable[[], Any] | None = None) -> None:
         self.app = app
         self.cache = cache
         self.config = config
+        self.app_context = app_context  # given: profile and page misses are loaded here
         self._bases: dict[tuple[str, str], str] = {}
         self.audit = audit
         self.audit_fraction = audit.fraction if audit is not None else 0.0
@@ -71,13 +74,21 @@ class CachedReads:
         entry = self.cache.lookup(lookup.family, lookup.key, variant=lookup.variant,
                                   generation_key=lookup.generation_key) if lookup else None
         if not isinstance(entry, Entry) or entry.body is None:
+            if isinstance(entry, Claim) and self.app_context is not None and lookup.family != "flyer":
+                entry = self._load(environ, entry)
+                if isinstance(entry, Entry) and entry.body is not None:
+                    return self._answer(environ, start_response, lookup, entry)
             if entry is not None:
-                # The view answers a miss (its lease already claimed) or a cached 404
-                # without looking the entry up again.
+                # The view answers a miss (its lease already claimed), a cached 404 or the
+                # load's error without looking the entry up again.
                 environ[PEEK] = entry
             return self.app(environ, observing(environ, start_response))
+        return self._answer(environ, start_response, lookup, entry)
+
+    def _answer(self, environ: dict[str, Any], start_response: Callable, lookup: Lookup,
+                entry: Entry) -> Iterable[bytes]:
         environ[CACHE_RESULT] = entry.result
-        if self.audit_fraction and self._sample() < self.audit_fraction:  # the staleness audit's sample
+        if self.audit_fraction and self._sample() < self.audit_fraction and entry.result in HITS:
             self._submit_audit(environ, lookup, entry)
         etag = f'"{entry.etag}"'
         if_none_match = environ.get("HTTP_IF_NONE_MATCH")
@@ -100,6 +111,20 @@ class CachedReads:
         path, query, base = environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""), self._base(environ)
         self.audit.submit(Job(lookup.family, lookup.key, lookup.variant, lookup.generation_key, entry.etag,
                               lambda: _reread(path, query, base)))
+
+    def _load(self, environ: dict[str, Any], claim: Claim) -> Entry | Failed:
+        """Load a profile or page miss with the view's loader; what it raised goes to the view
+        (``Failed``), which raises it again for Flask's error handlers to answer."""
+        match = ROUTE.fullmatch(environ["PATH_INFO"])  # parsed again here, to keep hits from building closures
+        number, base = int(match[1]), self._base(environ)
+        try:
+            with self.app_context():
+                if match[2] == "profile":
+                    return read_profile(number, base, claim)
+                page, page_size = _page_args(environ.get("QUERY_STRING", ""))
+                return read_creator_page(number, page, page_size, base, claim)
+        except Exception as error:  # noqa: BLE001 - answered by Flask, as if the view had raised it
+            return Failed(error)
 
     def _lookup(self, environ: dict[str, Any]) -> Lookup | None:
         match = ROUTE.fullmatch(environ.get("PATH_INFO", ""))

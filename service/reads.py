@@ -5,14 +5,19 @@ so a flyer appears on and leaves its creator's pages to the second with a warm c
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Callable
 
+import psycopg
 from flask import current_app
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from cache import NOT_FOUND, Claim, Entry, Loaded, keys
 from cache.entries import from_loaded
-from models import queries
+from models import db, queries
 from service.audit import Job
 from service.extension import services
 from service.representations import flyer_json, page_json, profile_json
@@ -50,7 +55,16 @@ PEEK = "profile_service.peek"
 """WSGI environ key where the fast path leaves what its lookup found: a Claim on the miss, or a cached 404 Entry."""
 
 
-def _read(lookup: Lookup, load, peek: Entry | Claim | None) -> Entry:
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """``peek`` value: the fast path's load of this miss raised ``error``; the view raises it again."""
+
+    error: Exception
+
+
+def _read(lookup: Lookup, load, peek: Entry | Claim | Failed | None) -> Entry:
+    if isinstance(peek, Failed):
+        raise peek.error
     if isinstance(peek, Entry):  # a cached "not found" the fast path already looked up (and counted)
         return peek
     if peek is RELOAD:
@@ -77,37 +91,95 @@ def ttl_until(now: datetime, next_change: datetime | None, *, negative: bool = F
     return max(ttl, 0.001)
 
 
+_AUTOCOMMIT: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+
+
+def read_only(load: Callable[[Any], Any]) -> Any:
+    """Run ``load`` on a pool connection in autocommit (no BEGIN, no ROLLBACK: its statements'
+    round trips only), once more on a fresh connection if the first one turns out dead.
+
+    On PostgreSQL ``load`` gets the pool connection's psycopg connection itself (see
+    models.queries), elsewhere a SQLAlchemy connection. The pool does not ping a connection it
+    hands out (service.database pings only one idle for long); a read-only load can simply be
+    run again instead.
+    """
+    engine = db.engine
+    if engine.dialect.driver == "psycopg":
+        return _read_only_psycopg(engine, load)
+    autocommit = _AUTOCOMMIT.get(engine)
+    if autocommit is None:
+        autocommit = _AUTOCOMMIT[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        with autocommit.connect() as conn:
+            return load(conn)
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+    with autocommit.connect() as conn:  # the pool dropped the dead connections it had
+        return load(conn)
+
+
+def _read_only_psycopg(engine: Engine, load: Callable[[Any], Any]) -> Any:
+    for attempt in (1, 2):
+        try:
+            pooled = engine.raw_connection()
+        except psycopg.Error as error:  # no connection at all: as Engine.connect() raises it
+            raise _wrapped(engine, error, dead=False) from error
+        conn = pooled.driver_connection
+        try:
+            conn.autocommit = True  # an attribute while idle: no round trip
+            try:
+                return load(conn)
+            finally:
+                if not conn.closed:
+                    conn.autocommit = False  # as the pool and the sessions expect it back
+        except psycopg.Error as error:
+            dead = engine.dialect.is_disconnect(error, conn, None)
+            if dead:
+                pooled.invalidate(error)
+            if not dead or attempt == 2:
+                raise _wrapped(engine, error, dead=dead) from error
+        finally:
+            pooled.close()
+
+
+def _wrapped(engine: Engine, error: psycopg.Error, *, dead: bool) -> DBAPIError:
+    """``error`` as SQLAlchemy raises it (the error handlers answer SQLAlchemy's exceptions)."""
+    return DBAPIError.instance(None, None, error, psycopg.Error, connection_invalidated=dead,
+                               dialect=engine.dialect)
+
+
 def read_profile(user_id: int, base_url: str, peek: Entry | str | None = None) -> Entry:
     """Return the profile JSON of ``user_id`` from the cache, loading it on a miss."""
-    def load() -> Loaded:
+    def load(conn: Connection) -> Loaded:
         now = services().clock()
-        creator = queries.get_creator(user_id, now)
-        if creator is None:
+        row = queries.read_creator(conn, user_id, now)
+        if row is None:
             return Loaded(NOT_FOUND, ttl_until(now, None, negative=True))
-        user, stats = creator
-        return Loaded(profile_json(user, stats.valid_flyers, base_url), ttl_until(now, stats.next_change))
+        stats = queries.stats_of(row)
+        return Loaded(profile_json(row, stats.valid_flyers, base_url), ttl_until(now, stats.next_change))
 
-    return _read(profile_lookup(user_id, base_url), load, peek)
+    return _read(profile_lookup(user_id, base_url), lambda: read_only(load), peek)
 
 
 def read_creator_page(user_id: int, page: int, page_size: int, base_url: str,
                       peek: Entry | str | None = None) -> Entry:
     """Return one page of the creator's valid flyers; not found for an unknown creator or a page past the end."""
-    def load() -> Loaded:
+    def load(conn: Connection) -> Loaded:
         now = services().clock()
-        creator = queries.get_creator(user_id, now)
+        creator = queries.read_creator(conn, user_id, now)
         if creator is None:
             return Loaded(NOT_FOUND, ttl_until(now, None, negative=True))
-        stats = creator[1]
+        stats = queries.stats_of(creator)
         offset = (page - 1) * page_size
         if page > 1 and offset >= stats.valid_flyers:
             return Loaded(NOT_FOUND, ttl_until(now, stats.next_change, negative=True))
-        flyers = queries.list_creator_flyers(user_id, now, offset, page_size) if stats.valid_flyers else []
+        flyers = queries.read_creator_page(conn, user_id, now, offset, page_size) if stats.valid_flyers else []
         body = page_json(stats.valid_flyers, page, page_size, f"{base_url}/api/v1/users/{user_id}/flyers",
-                         [flyer_json(flyer, base_url, now) for flyer in flyers])
+                         [flyer_json(flyer, base_url, now, creator, images) for flyer, images in flyers])
         return Loaded(body, ttl_until(now, stats.next_change))
 
-    return _read(page_lookup(user_id, page, page_size, base_url), load, peek)
+    return _read(page_lookup(user_id, page, page_size, base_url), lambda: read_only(load), peek)
 
 
 def read_flyer(flyer_id: int, base_url: str, peek: Entry | str | None = None) -> Entry:

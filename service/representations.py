@@ -36,8 +36,11 @@ def profile_json(user: User, flyer_count: int, base_url: str) -> dict[str, Any]:
     }
 
 
-def flyer_json(flyer: Flyer, base_url: str, now: datetime) -> dict[str, Any]:
-    creator = flyer.creator
+def flyer_json(flyer: Flyer, base_url: str, now: datetime, creator: Any = None,
+               images: list[Any] | None = None) -> dict[str, Any]:
+    """The flyer's JSON; ``creator`` and ``images`` (rows of a read-only load, whose images carry
+    ``image_key`` and ``image_order``) default to the flyer's own relationships."""
+    creator = flyer.creator if creator is None else creator
     return {
         "id": flyer.id,
         "title": flyer.title,
@@ -49,7 +52,8 @@ def flyer_json(flyer: Flyer, base_url: str, now: datetime) -> dict[str, Any]:
             "profile_picture_url": media_url(base_url, creator.thumbnail_key),
         },
         "images": [{"url": media_url(base_url, image.storage_key), "order": image.order}
-                   for image in flyer.images],
+                   for image in flyer.images] if images is None else
+                  [{"url": media_url(base_url, image.image_key), "order": image.image_order} for image in images],
         "location": {"address": flyer.location_address, "lat": flyer.lat, "lng": flyer.lng},
         "validity": {
             "valid_from": iso(flyer.valid_from),

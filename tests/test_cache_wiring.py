@@ -98,7 +98,7 @@ def test_the_cli_seed_clears_cached_misses(app, client):
 def test_a_fill_that_raced_a_write_is_refused(app, client, register, monkeypatch):
     """Reader loads the old row; the writer commits and invalidates; the reader's fill is refused."""
     user_id, headers = register("alice")
-    original = queries.get_creator
+    original = queries.read_creator
     raced = []
 
     def load_then_write(*args, **kwargs):
@@ -113,7 +113,7 @@ def test_a_fill_that_raced_a_write_is_refused(app, client, register, monkeypatch
             writer.join(10)
         return loaded
 
-    monkeypatch.setattr(queries, "get_creator", load_then_write)
+    monkeypatch.setattr(queries, "read_creator", load_then_write)
     first = client.get(f"/api/v1/users/{user_id}/profile")
 
     assert raced[1] == 200
@@ -124,16 +124,16 @@ def test_a_fill_that_raced_a_write_is_refused(app, client, register, monkeypatch
 
 def test_two_readers_missing_at_once_cause_one_load(app, client, register, monkeypatch):
     user_id, _ = register("alice")
-    original = queries.get_creator
+    original = queries.read_creator
     loads, loading, release = [], threading.Event(), threading.Event()
 
-    def slow_get_creator(uid, now):
+    def slow_read_creator(conn, uid, now):
         loads.append(uid)
         loading.set()
         release.wait(5)
-        return original(uid, now)
+        return original(conn, uid, now)
 
-    monkeypatch.setattr(queries, "get_creator", slow_get_creator)
+    monkeypatch.setattr(queries, "read_creator", slow_read_creator)
     cache, waiting = app.extensions["profile_service"].cache, threading.Event()
     cache._wait_timeout = 5.0  # the second reader must not give up on a loaded machine
     sleep = cache._sleep
