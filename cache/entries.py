@@ -30,7 +30,7 @@ NOT_FOUND: Any = _NotFound()
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
-    """What a loader returns: a JSON-able value (or NOT_FOUND) and how long it may be cached."""
+    """What a loader returns: a JSON-able value, its JSON already encoded (bytes), or NOT_FOUND; and how long it may be cached."""
 
     value: Any
     ttl: float
@@ -59,7 +59,7 @@ def from_loaded(loaded: Loaded, result: str) -> tuple[Entry, bytes]:
     """Serialize a loader answer into the Entry to return and the field value to store."""
     if loaded.value is NOT_FOUND:
         return Entry(None, None, result), NEGATIVE_MARKER
-    body = orjson.dumps(loaded.value)
+    body = loaded.value if isinstance(loaded.value, bytes) else orjson.dumps(loaded.value)
     etag = make_etag(body)
     return Entry(body, etag, result), etag.encode("ascii") + body
 

@@ -30,6 +30,7 @@ from models import IdempotencyRecord, db
 from service.commits import safe_rollback
 from service.errors import APIError, BadRequest, Conflict
 from service.extension import services
+from service.representations import encode
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
     def body(self) -> bytes:
-        return orjson.dumps(self.data)
+        return encode(self.data)
 
     def response(self) -> Response:
         body = self.body()

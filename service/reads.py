@@ -20,7 +20,7 @@ from cache.entries import from_loaded
 from models import db, queries
 from service.audit import Job
 from service.extension import services
-from service.representations import flyer_json, page_json, profile_json
+from service.representations import encode, flyer_json, media_prefix, page_json, profile_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +157,7 @@ def read_profile(user_id: int, base_url: str, peek: Entry | str | None = None) -
         if row is None:
             return Loaded(NOT_FOUND, ttl_until(now, None, negative=True))
         stats = queries.stats_of(row)
-        return Loaded(profile_json(row, stats.valid_flyers, base_url), ttl_until(now, stats.next_change))
+        return Loaded(encode(profile_json(row, stats.valid_flyers, base_url)), ttl_until(now, stats.next_change))
 
     return _read(profile_lookup(user_id, base_url), lambda: read_only(load), peek)
 
@@ -175,9 +175,10 @@ def read_creator_page(user_id: int, page: int, page_size: int, base_url: str,
         if page > 1 and offset >= stats.valid_flyers:
             return Loaded(NOT_FOUND, ttl_until(now, stats.next_change, negative=True))
         flyers = queries.read_creator_page(conn, user_id, now, offset, page_size) if stats.valid_flyers else []
+        media = media_prefix(base_url)
         body = page_json(stats.valid_flyers, page, page_size, f"{base_url}/api/v1/users/{user_id}/flyers",
-                         [flyer_json(flyer, base_url, now, creator, images) for flyer, images in flyers])
-        return Loaded(body, ttl_until(now, stats.next_change))
+                         [flyer_json(flyer, media, now, creator, images) for flyer, images in flyers])
+        return Loaded(encode(body), ttl_until(now, stats.next_change))
 
     return _read(page_lookup(user_id, page, page_size, base_url), lambda: read_only(load), peek)
 
@@ -191,6 +192,6 @@ def read_flyer(flyer_id: int, base_url: str, peek: Entry | str | None = None) ->
             return Loaded(NOT_FOUND, ttl_until(now, None, negative=True))
         if flyer.valid_from > now:
             return Loaded(NOT_FOUND, ttl_until(now, flyer.valid_from, negative=True))
-        return Loaded(flyer_json(flyer, base_url, now), ttl_until(now, flyer.valid_until))
+        return Loaded(encode(flyer_json(flyer, media_prefix(base_url), now)), ttl_until(now, flyer.valid_until))
 
     return _read(flyer_lookup(flyer_id, base_url), load, peek)

@@ -16,7 +16,7 @@ from service.extension import services
 from service.idempotency import Answer, Claim, store_answer
 from service.pictures import PictureError, process_flyer_image, process_profile_picture
 from service.schemas import DEFAULT_VALIDITY
-from service.representations import flyer_json, profile_json
+from service.representations import flyer_json, media_prefix, profile_json
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def _flyer_answer(flyer_id: int, base_url: str, now: datetime, status: int = 200
     if flyer is None:
         raise NotFound("Flyer not found")
     headers = {"Location": f"{base_url}/api/v1/flyers/{flyer_id}"} if status == 201 else {}
-    return Answer(status, flyer_json(flyer, base_url, now), headers)
+    return Answer(status, flyer_json(flyer, media_prefix(base_url), now), headers)
 
 
 def _owned_flyer(flyer_id: int, caller: int) -> Flyer:
