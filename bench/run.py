@@ -288,17 +288,24 @@ class Bench:
     def measure(self, server: Server, label: str, requests: list[wrk.Request], *, connections: int | None = None,
                 count_statuses: bool = False, expect: tuple[int, ...] = (200,), timeout_s: float = 5.0,
                 during: contextlib.AbstractContextManager | None = None,
-                before: Callable[[], None] | None = None, retry: bool = True) -> Row:
+                before: Callable[[], None] | None = None, retry: bool = True, once: bool = False) -> Row:
         """Run one row; when other processes took over ``--noisy`` % of the machine, run it again
         (``before`` resets the state, e.g. a FLUSHDB for misses) and keep the quieter attempt."""
         connections = connections or self.args.connections
         plan = self.plan(server, label, requests)
         attempts: list[Row] = []
+        seconds = self.args.duration
+        if once:  # a row no longer than the plan lasts: a probe of 1 s tells its rate
+            if before is not None:
+                before()
+            probe = self._attempt(server, label, plan, connections, count_statuses, expect, timeout_s, during,
+                                  once, seconds=1.0)
+            seconds = max(1.0, min(seconds, 0.8 * len(requests) / max(probe.rps, 1.0)))
         for _ in range(1 + (self.args.retries if retry else 0)):
             if before is not None:
                 before()
             attempts.append(self._attempt(server, label, plan, connections, count_statuses, expect, timeout_s,
-                                          during))
+                                          during, once, seconds=seconds))
             if (attempts[-1].others_pct or 0) <= self.args.noisy:
                 break
             log(f"    other processes took {attempts[-1].others_pct:.0f}% of the machine: "
@@ -311,15 +318,16 @@ class Bench:
         return row
 
     def _attempt(self, server: Server, label: str, plan: Path, connections: int, count_statuses: bool,
-                 expect: tuple[int, ...], timeout_s: float, during: contextlib.AbstractContextManager | None) -> Row:
+                 expect: tuple[int, ...], timeout_s: float, during: contextlib.AbstractContextManager | None,
+                 once: bool = False, seconds: float | None = None) -> Row:
         time.sleep(0.05)  # the workers copy their cache counters every 20 ms
         counts0, cpu0 = server.counters(), server.cpu_seconds()
         redis0, pg0 = cpu_seconds(self.redis_pid), self.pg_cpu()
         busy0, mine0, clock0 = machine_busy(), own_cpu(), time.monotonic()
         with during or contextlib.nullcontext():
-            result = wrk.run(server.url, plan, seconds=self.args.duration, connections=connections,
+            result = wrk.run(server.url, plan, seconds=seconds or self.args.duration, connections=connections,
                              threads=self.args.threads, count_statuses=count_statuses, timeout_s=timeout_s,
-                             log=self.wrk_log)
+                             log=self.wrk_log, once=once)
         time.sleep(0.05)
         counts1, cpu1 = server.counters(), server.cpu_seconds()
         redis1, pg1 = cpu_seconds(self.redis_pid), self.pg_cpu()
@@ -419,12 +427,12 @@ class Bench:
         for label, plan in miss_rows:
             floor = servers.get(MISS_FLOORS[label.split()[0]])
             for server in every + ([floor] if floor is not None else []):
-                self.measure(server, label, plan, before=self.flush)
+                self.measure(server, label, plan, before=self.flush, once=True)
         if not self.smoke:
             for server in (service, servers.get("floor-sql")):
                 if server is not None:
                     self.measure(server, "profile miss @4", self.profile_miss_plan(), connections=4,
-                                 before=self.flush)
+                                 before=self.flush, once=True)
 
     def redis_memory(self, server: Server) -> None:
         def usage(keys: list[bytes | str]) -> list[int]:

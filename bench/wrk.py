@@ -69,25 +69,30 @@ def have_wrk() -> bool:
 
 
 def run(url: str, plan: Path, *, seconds: float, connections: int, threads: int,
-        count_statuses: bool = False, timeout_s: float = 5.0, log: Path | None = None) -> LoadResult:
-    """Drive ``url`` with the plan for ``seconds`` (bounded: killed after seconds + 30 s)."""
+        count_statuses: bool = False, timeout_s: float = 5.0, log: Path | None = None,
+        once: bool = False) -> LoadResult:
+    """Drive ``url`` with the plan for ``seconds`` (bounded: killed after seconds + 30 s).
+
+    ``once``: stop when the plan runs out instead of starting it over (miss rows: a second
+    round would find the first round's answers cached).
+    """
     if have_wrk():
-        return _wrk(url, plan, seconds, connections, threads, count_statuses, timeout_s, log)
-    return _python(url, plan, seconds, connections, count_statuses, timeout_s)
+        return _wrk(url, plan, seconds, connections, threads, count_statuses, timeout_s, log, once)
+    return _python(url, plan, seconds, connections, count_statuses, timeout_s, once)
 
 
 def wrk_command(url: str, plan: Path, seconds: float, connections: int, threads: int,
-                count_statuses: bool = False, timeout_s: float = 5.0) -> list[str]:
+                count_statuses: bool = False, timeout_s: float = 5.0, once: bool = False) -> list[str]:
     threads = min(threads, connections)
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
                f"--timeout={max(1, math.ceil(timeout_s))}s", "-s", str(LUA), url, "--", f"plan={plan}",
                f"threads={threads}"]
-    return command + (["statuses"] if count_statuses else [])
+    return command + (["statuses"] if count_statuses else []) + (["once"] if once else [])
 
 
 def _wrk(url: str, plan: Path, seconds: float, connections: int, threads: int, count_statuses: bool,
-         timeout_s: float, log: Path | None) -> LoadResult:
-    command = wrk_command(url, plan, seconds, connections, threads, count_statuses, timeout_s)
+         timeout_s: float, log: Path | None, once: bool = False) -> LoadResult:
+    command = wrk_command(url, plan, seconds, connections, threads, count_statuses, timeout_s, once)
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
     if log is not None:
         with log.open("a") as out:
@@ -122,7 +127,7 @@ def _read_plan(plan: Path) -> list[tuple[str, str, dict[str, str], bytes | None]
 
 
 def _python(url: str, plan: Path, seconds: float, connections: int, count_statuses: bool,
-            timeout_s: float) -> LoadResult:
+            timeout_s: float, once: bool = False) -> LoadResult:
     """A closed-loop driver with the same plan semantics, for machines without wrk."""
     host, port = url.split("//", 1)[1].split(":")
     requests = _read_plan(plan)
@@ -136,7 +141,7 @@ def _python(url: str, plan: Path, seconds: float, connections: int, count_status
     def worker(index: int) -> None:
         conn = http.client.HTTPConnection(host, int(port), timeout=timeout_s)
         position, mine, my_status, my_errors, my_sent = index, [], {}, 0, 0
-        while time.perf_counter() < stop:
+        while time.perf_counter() < stop and not (once and position >= len(requests)):
             method, path, headers, body = requests[position % len(requests)]
             position += connections
             started = time.perf_counter()

@@ -7,7 +7,9 @@
 -- formatted once in init(); thread t of n sends plan[t], plan[t+n], plan[t+2n], ..., so two
 -- threads never send the same line before the plan wraps around (it counts the wraps). N must
 -- be passed: setup() runs in a separate Lua state, so a thread cannot count the others.
--- With "statuses" every answer's status is counted (costs the client, not the server).
+-- With "statuses" every answer's status is counted (costs the client, not the server). With
+-- "once" a thread stops when its share of the plan runs out (miss rows: a second round would
+-- find the first one's answers cached); the one request each connection still sends counts as a wrap.
 
 local threads = {}
 
@@ -29,11 +31,12 @@ end
 
 function init(args)
   local plan_file, count_statuses = nil, false
-  nthreads = 1
+  nthreads, once = 1, false
   for _, arg in pairs(args) do
     if arg:match("^plan=") then plan_file = arg:sub(6) end
     if arg:match("^threads=") then nthreads = tonumber(arg:sub(9)) end
     if arg == "statuses" then count_statuses = true end
+    if arg == "once" then once = true end
   end
   assert(plan_file, "usage: -- plan=FILE threads=N [statuses]")
   local bodies = {}
@@ -67,6 +70,7 @@ end
 
 function request()
   if position >= #plan then
+    if once then wrk.thread:stop() end
     position = position % #plan
     wraps = wraps + 1
   end
