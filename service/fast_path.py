@@ -76,17 +76,12 @@ class CachedReads:
         if not isinstance(entry, Entry) or entry.body is None:
             if isinstance(entry, Claim) and self.app_context is not None and lookup.family != "flyer":
                 entry = self._load(environ, entry)
-                if isinstance(entry, Entry) and entry.body is not None:
-                    return self._answer(environ, start_response, lookup, entry)
-            if entry is not None:
-                # The view answers a miss (its lease already claimed), a cached 404 or the
-                # load's error without looking the entry up again.
-                environ[PEEK] = entry
-            return self.app(environ, observing(environ, start_response))
-        return self._answer(environ, start_response, lookup, entry)
-
-    def _answer(self, environ: dict[str, Any], start_response: Callable, lookup: Lookup,
-                entry: Entry) -> Iterable[bytes]:
+            if not isinstance(entry, Entry) or entry.body is None:
+                if entry is not None:
+                    # The view answers a miss (its lease already claimed), a cached 404 or the
+                    # load's error without looking the entry up again.
+                    environ[PEEK] = entry
+                return self.app(environ, observing(environ, start_response))
         environ[CACHE_RESULT] = entry.result
         if self.audit_fraction and self._sample() < self.audit_fraction and entry.result in HITS:
             self._submit_audit(environ, lookup, entry)
