@@ -140,21 +140,24 @@ def test_a_write_after_a_failover_of_the_subscribers_primary_is_read_at_once(ins
 # -- a cluster whose bus into one node is slow ---------------------------------------------------
 
 SLOW_PORTS = (PORT_BASE + 26, PORT_BASE + 27, PORT_BASE + 28)
+SLOW = SLOW_PORTS[0]
+"""The node whose bus can be slowed: it serves slots 0-5460, not the slot of the channel's name (16249),
+where a PUBLISH routed by redis-py would land."""
 BUS_PROXY = PORT_BASE + 59
-"""Where the other nodes reach the bus of SLOW_PORTS[2] (a proxy that can delay it)."""
+"""Where the other nodes reach SLOW's bus (a proxy that can delay it)."""
 SUBSCRIBER_PROXY = PORT_BASE + 29
-"""A proxy in front of SLOW_PORTS[2]'s client port, for the near cache's subscriber."""
+"""A proxy in front of SLOW's client port, for the reader's near cache subscriber."""
 
 
 @pytest.fixture(scope="module")
 def slow_bus_cluster(tmp_path_factory) -> Iterator[tuple[Cluster, Proxy]]:
-    """Three primaries; the bus messages into the third node pass a proxy (delay them with `delay(up_ms)`)."""
+    """Three primaries; the bus messages into SLOW pass a proxy (delay them with `delay(up_ms)`)."""
     directory = tmp_path_factory.mktemp("slow-bus")
     processes = Processes(directory)
-    proxy = Proxy(BUS_PROXY, SLOW_PORTS[2] + 30).start()
+    proxy = Proxy(BUS_PROXY, SLOW + 30).start()
     try:
         for port in SLOW_PORTS:
-            announce = ["--cluster-announce-bus-port", str(BUS_PROXY)] if port == SLOW_PORTS[2] else []
+            announce = ["--cluster-announce-bus-port", str(BUS_PROXY)] if port == SLOW else []
             processes.start(f"node-{port}", redis_args(
                 port, "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
                 "--cluster-port", str(port + 30), "--cluster-node-timeout", "5000", *announce,
@@ -182,10 +185,10 @@ def slow_world(slow_bus_cluster) -> Iterator[dict[str, Any]]:
     cluster, bus = slow_bus_cluster
     for port in SLOW_PORTS:
         cluster.node(port).flushall()
-    subscriber = Proxy(SUBSCRIBER_PROXY, SLOW_PORTS[2]).start()
+    subscriber = Proxy(SUBSCRIBER_PROXY, SLOW).start()
     clients = [make_client(cluster.url, mode="cluster", connect_timeout=1, socket_timeout=1) for _ in range(2)]
     reader_near = NearCache(_subscriber_on(SUBSCRIBER_PROXY), keys.INVALIDATION_CHANNEL, max_bytes=1 << 20)
-    writer = ReadThroughCache(clients[0], near=NearCache(_subscriber_on(SLOW_PORTS[0]), keys.INVALIDATION_CHANNEL,
+    writer = ReadThroughCache(clients[0], near=NearCache(_subscriber_on(SLOW_PORTS[1]), keys.INVALIDATION_CHANNEL,
                                                          max_bytes=1 << 20))
     reader = ReadThroughCache(clients[1], near=reader_near)
     yield {"cluster": cluster, "bus": bus, "subscriber": subscriber, "writer": writer, "reader": reader}
@@ -199,8 +202,8 @@ def slow_world(slow_bus_cluster) -> Iterator[dict[str, Any]]:
 
 
 def _user_elsewhere(cluster: Cluster) -> int:
-    """A user whose keys live on another primary than the slow node."""
-    return next(u for u in range(1, 100) if cluster.owner(key_slot(keys.profile_key(u).encode())) != SLOW_PORTS[2])
+    """A user whose keys live on another primary than SLOW."""
+    return next(u for u in range(1, 100) if cluster.owner(key_slot(keys.profile_key(u).encode())) != SLOW)
 
 
 def _copied(cache: ReadThroughCache, user_id: int) -> None:
