@@ -117,16 +117,23 @@ def publish_everywhere(client: RedisCluster, channel: str, message: str) -> None
 
     A near cache subscribes on one node of a cluster, and must hear of a write from that node
     itself before the write answers: a PUBLISH reaches other nodes over the cluster bus, later
-    and unordered with anything. A node that does not answer fails the whole delivery (the
-    caller retries; the outbox keeps it): one of its subscribers may still be serving copies.
+    and in no order with anything. A node that refuses the connection is skipped: no process
+    listens there, so no subscriber is left on it (one that was lost its connection with the
+    process, and a restarted node's subscribers start empty). A node that does not answer
+    fails the whole delivery (the caller retries; the outbox keeps it): a subscriber on it may
+    still be serving copies.
     """
-    nodes = client.get_nodes()
     sent: list[tuple[redis.ConnectionPool, redis.Connection]] = []
     failed = True
     try:
-        for node in nodes:
+        for node in client.get_nodes():
             pool = node.redis_connection.connection_pool
-            conn = pool.get_connection()
+            try:
+                conn = pool.get_connection()
+            except redis.ConnectionError as error:
+                if isinstance(error.__context__, ConnectionRefusedError):
+                    continue
+                raise
             sent.append((pool, conn))
             conn.send_command("PUBLISH", channel, message)
         for _, conn in sent:

@@ -274,3 +274,41 @@ def test_a_slow_subscriber_connection_serves_no_copies(slow_world):
         served = near_answers(reader, user_id, 0.2)
 
     assert served == []
+
+
+def _with_extra_node(cache: ReadThroughCache, port: int) -> None:
+    """Make `cache`'s cluster client list one more node, at `port`, in its slot map."""
+    from redis.backoff import NoBackoff
+    from redis.cluster import ClusterNode
+    from redis.retry import Retry
+
+    client = cache.client
+    listed = client.get_nodes
+    # As the cluster client makes its nodes' connections: no retries of their own.
+    extra = ClusterNode("127.0.0.1", port, server_type="replica", redis_connection=redis.Redis(
+        port=port, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)))
+    client.get_nodes = lambda: [*listed(), extra]
+
+
+def test_a_node_that_refuses_connections_is_skipped_it_has_no_subscriber(slow_world):
+    writer = slow_world["writer"]
+    _with_extra_node(writer, PORT_BASE + 31)  # nothing listens there
+    started = time.monotonic()
+
+    delivered = writer.invalidate(keys=[keys.profile_key(1)], timeout=0)
+
+    assert delivered and time.monotonic() - started < 0.5
+
+
+def test_a_node_that_does_not_answer_fails_the_delivery(slow_world):
+    """A subscriber may sit on it, caught up by its own PONGs: the write must not count as delivered."""
+    silent = Proxy(PORT_BASE + 32, SLOW_PORTS[1]).start()
+    silent.half_open("all")
+    writer = slow_world["writer"]
+    _with_extra_node(writer, PORT_BASE + 32)
+    try:
+        delivered = writer.invalidate(keys=[keys.profile_key(1)], timeout=0)
+    finally:
+        silent.stop()
+
+    assert not delivered
