@@ -183,7 +183,7 @@ def cluster_subscriber(client: RedisCluster) -> Callable[[], redis.Connection]:
             raise redis.ConnectionError("Redis Cluster: no primary in the slot map")
         node = primaries[(os.getpid() + turn[0]) % len(primaries)]
         turn[0] += 1
-        pool = node.redis_connection.connection_pool
+        pool = client.get_redis_connection(node).connection_pool
         return pool.connection_class(**dict(pool.connection_kwargs, health_check_interval=0))
     return connect
 

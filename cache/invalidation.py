@@ -127,7 +127,7 @@ def publish_everywhere(client: RedisCluster, channel: str, message: str) -> None
     failed = True
     try:
         for node in client.get_nodes():
-            pool = node.redis_connection.connection_pool
+            pool = client.get_redis_connection(node).connection_pool  # made here for a node a MOVED named
             try:
                 conn = pool.get_connection()
             except redis.ConnectionError as error:
