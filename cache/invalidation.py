@@ -118,8 +118,8 @@ def publish_everywhere(client: RedisCluster, channel: str, message: str) -> None
     A near cache subscribes on one node of a cluster, and must hear of a write from that node
     itself before the write answers: a PUBLISH reaches other nodes over the cluster bus, later
     and in no order with anything. A node that refuses the connection is skipped: no process
-    listens there, so no subscriber is left on it (one that was lost its connection with the
-    process, and a restarted node's subscribers start empty). A node that does not answer
+    listens there, so no subscriber is left on it (those it had lost their connections with
+    the process; a restarted node's subscribers start with no copies). A node that does not answer
     fails the whole delivery (the caller retries; the outbox keeps it): a subscriber on it may
     still be serving copies.
     """
