@@ -70,11 +70,10 @@ def read_until_copied(reader, url: str, app) -> None:
         reader.get(url)
 
 
-def user_on(cluster: Cluster, port: int, writer, taken: set[int]) -> tuple[int, dict[str, str]]:
+def user_on(cluster: Cluster, port: int, writer) -> tuple[int, dict[str, str]]:
     """Register users until one's keys live on the primary at `port`."""
     for n in range(200):
-        user_id, headers = register_user(writer, f"u{port}x{n}x{len(taken)}")
-        taken.add(user_id)
+        user_id, headers = register_user(writer, f"u{port}x{n}")
         if cluster.owner(key_slot(keys.profile_key(user_id).encode())) == port:
             return user_id, headers
     pytest.fail(f"no user's slot on {port}")
@@ -92,7 +91,7 @@ def edit_and_read(writer, reader, user_id: int, headers: dict[str, str], bio: st
 
 def test_a_write_in_one_instance_is_read_at_once_in_another_for_users_on_every_primary(instances, redis_cluster):
     writer, reader = (app.test_client() for app in instances)
-    users = [user_on(redis_cluster, port, writer, set()) for port in primaries(redis_cluster)]
+    users = [user_on(redis_cluster, port, writer) for port in primaries(redis_cluster)]
     for user_id, _ in users:
         read_until_copied(reader, f"/api/v1/users/{user_id}/profile", instances[1])
 
@@ -106,7 +105,7 @@ def test_a_write_after_the_users_slot_moved_is_read_at_once_where_copies_were_he
     writer, reader = (app.test_client() for app in instances)
     subscribed = near(instances[1])
     reader.get("/api/v1/users/1/profile")  # connects the reader's subscriber
-    user_id, headers = user_on(redis_cluster, subscribed._conn.port, writer, set())
+    user_id, headers = user_on(redis_cluster, subscribed._conn.port, writer)
     url = f"/api/v1/users/{user_id}/profile"
     read_until_copied(reader, url, instances[1])
     slot = key_slot(keys.profile_key(user_id).encode())
@@ -125,7 +124,7 @@ def test_a_write_after_a_failover_of_the_subscribers_primary_is_read_at_once(ins
     subscribed = near(instances[1])
     reader.get("/api/v1/users/1/profile")
     port = subscribed._conn.port
-    user_id, headers = user_on(redis_cluster, port, writer, set())
+    user_id, headers = user_on(redis_cluster, port, writer)
     url = f"/api/v1/users/{user_id}/profile"
     read_until_copied(reader, url, instances[1])
 
