@@ -1,6 +1,7 @@
 """CPU per cache hit through the service's WSGI stack, in one process: near-cache hits and Redis hits.
 
     .venv/bin/python -m bench.hit_path --redis redis://127.0.0.1:6379/2 [--requests 20000]
+    .venv/bin/python -m bench.hit_path --mode cluster --redis redis://127.0.0.1:7000  # any node of a cluster
 
 Builds the service on a throw-away SQLite file with 100 users, reads each profile until it is
 cached (and copied, for the near rows), then times `--requests` hits with ``time.process_time``.
@@ -31,18 +32,25 @@ def call(app, path: str) -> None:
         pass
 
 
-def measure(near: bool, redis_url: str, requests: int) -> float:
+def measure(near: bool, redis_url: str, requests: int, mode: str = "single") -> float:
     folder = tempfile.mkdtemp()
     os.environ.update(DATABASE_URL=f"sqlite:///{folder}/hits.db", REDIS_URL=redis_url, RATE_LIMIT_ENABLED="false",
                       PUBLIC_BASE_URL="http://127.0.0.1:1", CACHE_NEAR_MAX_BYTES=str(64 << 20 if near else 0),
-                      MEDIA_ROOT=f"{folder}/media", OUTBOX_POLL_INTERVAL="0")
+                      MEDIA_ROOT=f"{folder}/media", OUTBOX_POLL_INTERVAL="0", REDIS_MODE=mode)
     import redis
     from werkzeug.security import generate_password_hash
 
     from models import User, db
     from service import create_app
 
-    redis.Redis.from_url(redis_url).flushdb()
+    if mode == "cluster":
+        from redis.cluster import RedisCluster
+
+        cluster = RedisCluster.from_url(redis_url)
+        cluster.flushall(target_nodes=RedisCluster.PRIMARIES)
+        cluster.close()
+    else:
+        redis.Redis.from_url(redis_url).flushdb()
     app = create_app()
     with app.app_context():
         db.create_all()
@@ -66,8 +74,10 @@ def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/2")
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--near", choices=["on", "off"], default="on")
+    parser.add_argument("--mode", choices=["single", "cluster"], default="single")
     args = parser.parse_args()
-    print(f"{'near' if args.near == 'on' else 'redis'} hit: {measure(args.near == 'on', args.redis, args.requests):.1f} µs")
+    cost = measure(args.near == "on", args.redis, args.requests, args.mode)
+    print(f"{'near' if args.near == 'on' else 'redis'} hit ({args.mode}): {cost:.1f} µs")
 
 
 if __name__ == "__main__":

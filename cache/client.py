@@ -8,8 +8,8 @@ Three deployment modes (``REDIS_MODE``):
   follows MOVED/ASK, a resharding and a failover (it refreshes its slot map and retries).
   Every script and multi-key command of the cache touches one hash tag (one slot). The
   lease scripts go through a second ``RedisCluster`` (``lookup_client``) whose every new
-  connection runs the epoch check of its node (``cache.epoch``). No near cache: see
-  ``make_near_cache``.
+  connection runs the epoch check of its node (``cache.epoch``). The near cache subscribes
+  on one primary; invalidations are published on every node (see ``make_near_cache``).
 - ``sentinel``: the primary is found through the sentinels alone. Extra connections made
   by hand (the scripts' direct connection, the near cache's subscriber) ask the sentinels
   for the primary's address and connect to it as plain connections: a sentinel-managed
@@ -19,6 +19,7 @@ Three deployment modes (``REDIS_MODE``):
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Sequence
 
 import fakeredis
@@ -153,17 +154,38 @@ def lookup_client(client: RedisCluster, on_connect: Callable[[redis.Connection],
 def make_near_cache(client: Any, *, max_bytes: int, window: float = 0.03) -> NearCache | None:
     """A near cache in front of `client`, or None if `max_bytes` or `window` is 0 or `client` is the embedded fakeredis.
 
-    The embedded cache serves one process, which gains nothing from copies of it. On a
-    Redis Cluster there is none either: a PUBLISH reaches other nodes over the cluster bus
-    asynchronously, so a PING answered by one node proves nothing about messages still on
-    their way from another, and a per-shard proof is not built yet.
+    The embedded cache serves one process, which gains nothing from copies of it. On a Redis
+    Cluster the subscriber sits on one primary (``cluster_subscriber``) and every invalidation
+    is published on every node directly (``cache.invalidation.publish_everywhere``), so the
+    PONG of that one node proves the process caught up, as on a single node.
     `window` is how old the proof of being caught up may be (see ``NearCache``); every
     write waits that long after its invalidation, so it bounds what copies cost writes.
     """
-    if max_bytes <= 0 or window <= 0 or isinstance(client, (fakeredis.FakeRedis, RedisCluster)):
+    if max_bytes <= 0 or window <= 0 or isinstance(client, fakeredis.FakeRedis):
         return None
-    return NearCache(connection_factory(client, health_check_interval=0), INVALIDATION_CHANNEL,
-                     max_bytes=max_bytes, window=window)
+    connect = (cluster_subscriber(client) if isinstance(client, RedisCluster)
+               else connection_factory(client, health_check_interval=0))
+    return NearCache(connect, INVALIDATION_CHANNEL, max_bytes=max_bytes, window=window)
+
+
+def cluster_subscriber(client: RedisCluster) -> Callable[[], redis.Connection]:
+    """Make plain connections to the cluster's primaries, the next one at each call (the near cache's subscriber).
+
+    Which node does not matter for exactness (every node gets every invalidation directly);
+    the process id picks the first, so the processes spread over the primaries, and a node
+    that failed is left for the next one when the near cache reconnects.
+    """
+    turn = [0]
+
+    def connect() -> redis.Connection:
+        primaries = sorted(client.get_primaries(), key=lambda node: node.name)
+        if not primaries:
+            raise redis.ConnectionError("Redis Cluster: no primary in the slot map")
+        node = primaries[(os.getpid() + turn[0]) % len(primaries)]
+        turn[0] += 1
+        pool = client.get_redis_connection(node).connection_pool
+        return pool.connection_class(**dict(pool.connection_kwargs, health_check_interval=0))
+    return connect
 
 
 def close_client(client: Any) -> None:

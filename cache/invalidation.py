@@ -10,6 +10,7 @@ import time
 from typing import Callable
 
 import redis
+from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
 from .breaker import Breaker
@@ -28,10 +29,10 @@ class Invalidator:
                  clock: Callable[[], float], generation_ttl_ms: int, *, settle: float = 0.0,
                  monotonic: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep, replicas: int = 0,
-                 publish: bool = True) -> None:
+                 fan_out: bool = False) -> None:
         self._client = client
-        self.publish = publish
-        """False on a Redis Cluster, where no process keeps near copies (see ``cache.client.make_near_cache``)."""
+        self.fan_out = fan_out
+        """Redis Cluster: the message goes to every node directly, once the deletions are acknowledged."""
         self.replicas = replicas
         """Sentinel mode: replicas that must hold an invalidation before it counts as delivered (``WAIT``)."""
         self._scripts = scripts
@@ -93,8 +94,12 @@ class Invalidator:
         # After the deletions: a near cache that drops its copies on this message and
         # reads again must find them gone.
         tags = {hash_tag(key) for key in keys} | {hash_tag(gen_key) for gen_key, _ in generations}
-        if self.publish:
-            pipe.publish(INVALIDATION_CHANNEL, " ".join(sorted(tags)))
+        message = " ".join(sorted(tags))
+        if self.fan_out:
+            pipe.execute()  # the deletions first, wherever MOVED/ASK sent them, then the message
+            publish_everywhere(self._client, INVALIDATION_CHANNEL, message)
+            return
+        pipe.publish(INVALIDATION_CHANNEL, message)
         if self.replicas:
             # Sentinel: a failover promotes a replica, whose data lacks what the old primary
             # did not replicate. Counted as delivered only once a replica has it (and the
@@ -105,3 +110,43 @@ class Invalidator:
         replies = pipe.execute()
         if self.replicas and replies[-1] < self.replicas:
             raise redis.ConnectionError("cache: invalidation not replicated (WAIT); the primary may be leaving")
+
+
+def publish_everywhere(client: RedisCluster, channel: str, message: str) -> None:
+    """PUBLISH `message` on every node of `client`'s slot map, primaries and replicas, in one round trip.
+
+    A near cache subscribes on one node of a cluster, and must hear of a write from that node
+    itself before the write answers: a PUBLISH reaches other nodes over the cluster bus, later
+    and in no order with anything. A node that refuses the connection is skipped: no process
+    listens there, so no subscriber is left on it (those it had lost their connections with
+    the process; a restarted node's subscribers start with no copies). A node that does not answer
+    fails the whole delivery (the caller retries; the outbox keeps it): a subscriber on it may
+    still be serving copies.
+    """
+    sent: list[tuple[redis.ConnectionPool, redis.Connection]] = []
+    failed = True
+    try:
+        for node in client.get_nodes():
+            pool = client.get_redis_connection(node).connection_pool  # made here for a node a MOVED named
+            try:
+                conn = pool.get_connection()
+            except redis.ConnectionError as error:
+                if isinstance(error.__context__, ConnectionRefusedError):
+                    continue
+                raise
+            sent.append((pool, conn))
+            conn.send_command("PUBLISH", channel, message)
+        for _, conn in sent:
+            conn.read_response()
+        failed = False
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        try:  # the node may be gone from the cluster: read the slot map again before the retry
+            client.nodes_manager.initialize()
+        except (redis.RedisError, RedisClusterException):
+            pass
+        raise
+    finally:
+        for pool, conn in sent:
+            if failed:
+                conn.disconnect()  # its reply may still be on the way
+            pool.release(conn)

@@ -18,6 +18,19 @@ their own: a thread would wait for the GIL behind busy request threads (measured
 proof only 59% of the time with one busy thread beside it, 13% with three), and an idle
 process needs no proof.
 
+On a Redis Cluster the same proof holds because nothing in it depends on which node owns
+which slot: the subscriber sits on one node, and every writer publishes its message on every
+node itself, after its deletions were acknowledged (``cache.invalidation.publish_everywhere``);
+a node hands a PUBLISH to its own subscribers before it answers it, so that node's PONG
+orders this process after every write that has answered. Not the cluster bus: a PUBLISH
+reaches the other nodes' subscribers over it later, in no order with their PONGs (a slowed
+bus makes that visible: ``tests/test_near_cluster.py``); nor sharded pub/sub per slot owner:
+during a failover or a slot move the old and the new owner can both act as owner for a while,
+so a PONG from the subscriber's node would not prove that writes went through it. A slot
+move or a failover thus changes nothing for the copies: the subscriber's node keeps receiving
+every message, as a primary or as a replica, and if it goes away the subscription is lost,
+the copies dropped, and the next node of the slot map taken.
+
 Why a channel and not key tracking (``CLIENT TRACKING ON BCAST``, tried first): tracking
 also reports every lease and fill, so each miss cost every process two messages to read
 (~12 µs each); the channel carries writes only. Why not redis-py's own client-side cache:
@@ -202,14 +215,16 @@ class NearCache:
         if now < self._next_attempt:
             return False
         self._next_attempt = now + self._retry_interval
-        conn = self._connect_fn()
+        conn = None
         try:
+            conn = self._connect_fn()
             conn.connect()
             conn.send_command("SUBSCRIBE", self._channel)
             if conn.read_response(push_request=True)[0] != b"subscribe":
                 raise redis.ConnectionError("SUBSCRIBE was refused")
         except (redis.RedisError, OSError):
-            conn.disconnect()
+            if conn is not None:
+                conn.disconnect()
             return False
         self._clear()  # copies from before the subscription may have missed invalidations
         self._conn = conn

@@ -76,7 +76,7 @@ class ReadThroughCache:
                                         settle=near.window if near is not None else 0.0,
                                         monotonic=clock, sleep=sleep,
                                         replicas=1 if mode_of(client) == "sentinel" else 0,
-                                        publish=mode_of(client) != "cluster")
+                                        fan_out=mode_of(client) == "cluster")
 
     def get_or_load(self, family: str, key: str, loader: Callable[[], Loaded], *,
                     variant: str = "", generation_key: str | None = None, claim: Claim | None = None) -> Entry:

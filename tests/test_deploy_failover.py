@@ -32,6 +32,7 @@ class Tally:
     stale: int = 0
     server_errors: int = 0
     hits: int = 0
+    near_hits: int = 0
     examples: list[str] = field(default_factory=list)
 
 
@@ -113,8 +114,9 @@ def _check(apps, failover, *, before: float = 2.0, after: float = 3.0) -> Tally:
         stop.set()
         for thread in threads:
             thread.join(30)
-    tally.hits = sum(app.extensions["profile_service"].cache.stats.snapshot()["requests"].get("profile", {}).get(
-        "hit", 0) for app in apps)
+    results = [app.extensions["profile_service"].cache.stats.snapshot()["requests"].get("profile", {}) for app in apps]
+    tally.hits = sum(r.get("hit", 0) for r in results)
+    tally.near_hits = sum(r.get("near_hit", 0) for r in results)
     return tally
 
 
@@ -128,7 +130,7 @@ def test_two_instances_read_their_writes_through_a_sentinel_failover(tmp_path, s
         _dispose(apps)
 
     print(f"sentinel failover: {tally}")
-    assert tally.writes > 10 and tally.reads > 50 and tally.hits > 0
+    assert tally.writes > 10 and tally.reads > 50 and tally.hits > 0 and tally.near_hits > 0
     assert (tally.stale, tally.server_errors) == (0, 0), tally.examples
 
 
@@ -141,7 +143,7 @@ def test_two_instances_read_their_writes_through_a_cluster_failover(tmp_path, re
         _dispose(apps)
 
     print(f"cluster failover: {tally}")
-    assert tally.writes > 10 and tally.reads > 50 and tally.hits > 0
+    assert tally.writes > 10 and tally.reads > 50 and tally.hits > 0 and tally.near_hits > 0
     assert (tally.stale, tally.server_errors) == (0, 0), tally.examples
 
 
@@ -202,7 +204,7 @@ def test_two_instances_read_their_writes_while_their_users_slot_is_resharded(tmp
         _dispose(apps)
 
     print(f"cluster resharding: {tally}")
-    assert tally.writes > 10 and tally.reads > 50 and tally.hits > 0
+    assert tally.writes > 10 and tally.reads > 50 and tally.hits > 0 and tally.near_hits > 0
     assert (tally.stale, tally.server_errors) == (0, 0), tally.examples
 
 
@@ -324,7 +326,8 @@ def test_two_gunicorn_instances_read_their_writes_through_a_failover(tmp_path, r
         db.engine.dispose()
     env = {"DATABASE_URL": database_url, "MEDIA_ROOT": str(tmp_path), "RATE_LIMIT_ENABLED": "false",
            "SECRET_KEY": "deploy-test-secret-key-0123456789abcdef", "OUTBOX_POLL_INTERVAL": "0.2",
-           "REDIS_SOCKET_TIMEOUT": "0.5", "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000"}
+           "REDIS_SOCKET_TIMEOUT": "0.5", "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000",
+           "METRICS_FLUSH_INTERVAL": "0.5"}
     if mode == "sentinel":
         group = request.getfixturevalue("sentinel_group")
         group.flush()
@@ -340,11 +343,16 @@ def test_two_gunicorn_instances_read_their_writes_through_a_failover(tmp_path, r
         for port in (PORT_BASE + 40, PORT_BASE + 41):
             instances.append(HttpInstance(port, env, tmp_path))
         tally = _http_check(instances, failover)
+        time.sleep(1.5)  # every worker has pushed its counters (METRICS_FLUSH_INTERVAL)
+        status, stats = instances[0].request("GET", "/api/v1/cache/stats")
+        assert status == 200, stats
+        tally.near_hits = stats["families"]["profile"]["since_start"]["near_hits"]
     finally:
         for instance in instances:
             instance.stop()
 
     print(f"gunicorn, {mode} failover: writes={tally.writes} reads={tally.reads} stale={tally.stale}"
-          f" 5xx={tally.server_errors}")
+          f" 5xx={tally.server_errors} near_hits={tally.near_hits}")
     assert tally.writes > 10 and tally.reads > 50
+    assert tally.near_hits > 0  # near copies were in play (default settings: on in every mode)
     assert (tally.stale, tally.server_errors) == (0, 0), tally.examples

@@ -178,10 +178,14 @@ def test_slot_epoch_keys_hash_to_their_slot():
     assert all(key_slot(slot_epoch_key(slot).encode()) == slot for slot in (0, 5461, 10923, 16383))
 
 
-def test_no_near_cache_on_a_cluster(redis_cluster):
+def test_the_near_cache_on_a_cluster_subscribes_on_a_primary(redis_cluster):
     client = make_client(redis_cluster.url, mode="cluster")
+    near = make_near_cache(client, max_bytes=1 << 20)
 
-    assert make_near_cache(client, max_bytes=1 << 20) is None
+    near.get("k", "f")
+
+    assert redis_cluster.roles()[near._conn.port] == "master"
+    near.close()
     client.close()
 
 
