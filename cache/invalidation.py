@@ -44,11 +44,13 @@ class Invalidator:
         self._sleep = sleep
 
     def deliver(self, keys: list[str], generations: list[tuple[str, str]], *,
-                timeout: float = 0.0) -> bool:
+                timeout: float = 0.0, settle: bool = True) -> bool:
         """Send these invalidations, retrying with back-off for up to `timeout` seconds; True once sent.
 
         After a successful send it also waits out `settle` (the near caches' proof window):
         by then no process serves a copy from before these deletions (see ``NearCache``).
+        A caller sending several batches in a row passes ``settle=False`` and calls
+        `wait_settled` once after the last.
         """
         if not keys and not generations:
             return True
@@ -66,9 +68,14 @@ class Invalidator:
                 self._sleep(min(delay, remaining))
                 delay = min(delay * 2, 0.1)
         self._breaker.record_success()
+        if settle:
+            self.wait_settled()
+        return True
+
+    def wait_settled(self) -> None:
+        """Wait until no near cache can still serve a copy from before the deliveries made so far."""
         if self.settle > 0:
             self._sleep(self.settle + 0.001)
-        return True
 
     def _execute(self, keys: list[str], generations: list[tuple[str, str]]) -> None:
         """Send the deletions and generation bumps in one pipeline; raise on any Redis error."""

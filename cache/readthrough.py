@@ -153,10 +153,13 @@ class ReadThroughCache:
         return self._wait(family, claim.hash_key, variant, loader)
 
     def invalidate(self, *, keys: Iterable[str] = (), generations: Iterable[tuple[str, str]] = (),
-                   families: Iterable[str] = (), timeout: float = 0.0, retried: bool = False) -> bool:
+                   families: Iterable[str] = (), timeout: float = 0.0, retried: bool = False,
+                   settle: bool = True) -> bool:
         """Delete `keys` and bump each `(generation_key, pages_base)`; True once Redis has them.
 
         `retried`: this delivers invalidations that an earlier attempt left pending (counted apart).
+        `settle=False`: return without waiting for the near caches (see `settle`); for a
+        caller that sends several batches and calls `settle` after the last.
 
         Deleting a hash removes its values and leases together, so any fill still in
         flight for it is refused. Everything goes in one non-transactional pipeline,
@@ -166,13 +169,17 @@ class ReadThroughCache:
         (the service's outbox does) and delivers it again later.
         """
         families = list(families)
-        delivered = self._invalidator.deliver(list(keys), list(generations), timeout=timeout)
+        delivered = self._invalidator.deliver(list(keys), list(generations), timeout=timeout, settle=settle)
         for family in families:
             if delivered:
                 self.stats.record_invalidation(family)
             self.stats.record_invalidation_outcome(
                 family, ("retried" if retried else "delivered") if delivered else "queued")
         return delivered
+
+    def settle(self) -> None:
+        """Wait until no near cache of any process can serve a copy from before the invalidations sent so far."""
+        self._invalidator.wait_settled()
 
     def _load_and_fill(self, family: str, hash_key: bytes, variant: str, token: str,
                        loader: Callable[[], Loaded]) -> Entry:

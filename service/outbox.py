@@ -126,7 +126,7 @@ class Outbox:
         with self.engine.connect() as conn:
             newest = conn.execute(text("SELECT max(id) FROM cache_outbox")).scalar() or 0
             conn.rollback()
-        last = 0
+        last, unsettled = 0, False
         while last < newest:
             with self.engine.connect() as conn:
                 rows = conn.execute(text(
@@ -135,12 +135,14 @@ class Outbox:
                     {"last": last, "newest": newest, "window": self.retention, "n": self.batch}).all()
                 conn.rollback()
             if not rows:
-                return
+                break
             key_list, generations, families = plan(rows)
             if not self.cache.invalidate(keys=key_list, generations=generations, families=families,
-                                         timeout=self.write_timeout, retried=True):
+                                         timeout=self.write_timeout, retried=True, settle=False):
                 raise ConnectionError("could not replay the outbox to Redis")
-            last = rows[-1][0]
+            last, unsettled = rows[-1][0], True
+        if unsettled:  # the near caches' proof window, once for the whole replay (not per batch)
+            self.cache.settle()
 
     def purge(self) -> int:
         """Delete rows older than the retention window; how many."""

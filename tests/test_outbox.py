@@ -126,6 +126,23 @@ def test_rows_older_than_the_retention_window_are_purged(app, register):
     assert len(outbox_rows(app)) == 1
 
 
+def test_a_replay_deletes_every_row_of_the_window_and_waits_for_the_near_caches_once(app, register, redis_client,
+                                                                                   monkeypatch):
+    users = [register(name)[0] for name in ("alice", "bob", "carol", "dave", "erin")]
+    for user_id in users:
+        redis_client.set(keys.profile_key(user_id), b"cached before the replay")
+    outbox, cache = services(app).outbox, services(app).cache
+    monkeypatch.setattr(outbox, "batch", 2)  # five rows: three batches
+    monkeypatch.setattr(cache._invalidator, "settle", 0.03)
+    slept = []
+    monkeypatch.setattr(cache._invalidator, "_sleep", slept.append)
+
+    outbox.replay_window()
+
+    assert [redis_client.exists(keys.profile_key(user_id)) for user_id in users] == [0] * 5
+    assert slept == [pytest.approx(0.031)]
+
+
 class TestOnTheRealRedis:
     @pytest.fixture
     def redis_client(self, real_redis):
