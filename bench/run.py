@@ -295,7 +295,7 @@ class Bench:
         plan = self.plan(server, label, requests)
         attempts: list[Row] = []
         seconds = self.args.duration
-        if once:  # a row no longer than the plan lasts: a probe of 1 s tells its rate
+        if once and not self.smoke:  # a row no longer than the plan lasts: a probe of 1 s tells its rate
             if before is not None:
                 before()
             probe = self._attempt(server, label, plan, connections, count_statuses, expect, timeout_s, during,

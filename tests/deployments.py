@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import redis
@@ -81,11 +81,12 @@ class SentinelGroup:
 
 @dataclass
 class Cluster:
-    """Three primaries with one replica each."""
+    """Three primaries with `replicas` replicas each."""
 
     ports: tuple[int, ...]
     processes: Processes
     extra: dict[str, Any] = field(default_factory=dict)
+    replicas: int = 1
 
     @property
     def url(self) -> str:
@@ -104,7 +105,7 @@ class Cluster:
         if not all(b"cluster_state:ok" in (s if isinstance(s, bytes) else s.encode()) for s in states):
             return False
         roles = self.roles()
-        if sorted(roles.values()) != ["master"] * 3 + ["slave"] * 3:
+        if sorted(roles.values()) != ["master"] * 3 + ["slave"] * 3 * self.replicas:
             return False
         return all(self.node(port).info("replication").get("master_link_status") == "up"
                    for port, role in roles.items() if role == "slave")
@@ -185,20 +186,22 @@ def sentinel_group(tmp_path_factory) -> Iterator[SentinelGroup]:
         processes.stop_all()
 
 
-def start_cluster(directory, ports: tuple[int, ...]) -> Cluster:
-    """Start six cluster-enabled redis-servers on `ports` (bus on port + 30) and create the cluster."""
+def start_cluster(directory, ports: tuple[int, ...], *, replicas: int = 1, node_timeout_ms: int = 2000,
+                  extra_args: Callable[[int], list[str]] = lambda port: []) -> Cluster:
+    """Start cluster-enabled redis-servers on `ports` (bus on port + 30, `extra_args(port)` added) and
+    create a cluster of three primaries with `replicas` replicas each."""
     processes = Processes(directory)
     try:
         for port in ports:
             processes.start(f"node-{port}", redis_args(
                 port, "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-                "--cluster-port", str(port + 30), "--cluster-node-timeout", "2000",
-                "--dir", str(directory)), port)
+                "--cluster-port", str(port + 30), "--cluster-node-timeout", str(node_timeout_ms),
+                *extra_args(port), "--dir", str(directory)), port)
         cli = shutil.which("redis-cli") or pytest.fail("redis-cli is not installed")
         subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-                        "--cluster-replicas", "1", "--cluster-yes"], check=True, timeout=60,
+                        "--cluster-replicas", str(replicas), "--cluster-yes"], check=True, timeout=60,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        cluster = Cluster(ports, processes)
+        cluster = Cluster(ports, processes, replicas=replicas)
         wait_until(cluster.healthy, 40, "Redis Cluster ready")
         # Every node must agree on the slot map before a client trusts it.
         client = RedisCluster.from_url(cluster.url)

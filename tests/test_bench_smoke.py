@@ -29,11 +29,11 @@ def test_the_smoke_benchmark_completes_with_no_stale_answer():
     process = subprocess.Popen([sys.executable, "-m", "bench.run", "--smoke"], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        out, err = process.communicate(timeout=55)
+        out, err = process.communicate(timeout=120)  # a bound, not a speed goal: ~50 s on a loaded machine
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGTERM)  # the benchmark stops its servers on SIGTERM
         out, err = process.communicate(timeout=20)
-        pytest.fail("the smoke benchmark took more than 55 s:\n" + out[-3000:] + err[-3000:])
+        pytest.fail("the smoke benchmark took more than 120 s:\n" + out[-3000:] + err[-3000:])
 
     assert process.returncode == 0, out[-3000:] + err[-3000:]
     assert "| row | server |" in out

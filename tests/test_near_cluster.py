@@ -9,8 +9,6 @@ itself: a message relayed over the cluster bus arrives after the writer's answer
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -27,9 +25,9 @@ from cache.readthrough import Claim
 from models import db
 from service import create_app
 from service.testing import create_tables, register_user, service_config
-from tests.deployments import Cluster
+from tests.deployments import Cluster, start_cluster
 from tests.faults.proxy import Proxy
-from tests.processes import PORT_BASE, Processes, redis_args, wait_until
+from tests.processes import PORT_BASE
 
 pytestmark = pytest.mark.tdd_green
 
@@ -151,27 +149,17 @@ SUBSCRIBER_PROXY = PORT_BASE + 29
 @pytest.fixture(scope="module")
 def slow_bus_cluster(tmp_path_factory) -> Iterator[tuple[Cluster, Proxy]]:
     """Three primaries; the bus messages into SLOW pass a proxy (delay them with `delay(up_ms)`)."""
-    directory = tmp_path_factory.mktemp("slow-bus")
-    processes = Processes(directory)
     proxy = Proxy(BUS_PROXY, SLOW + 30).start()
     try:
-        for port in SLOW_PORTS:
-            announce = ["--cluster-announce-bus-port", str(BUS_PROXY)] if port == SLOW else []
-            processes.start(f"node-{port}", redis_args(
-                port, "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-                "--cluster-port", str(port + 30), "--cluster-node-timeout", "5000", *announce,
-                "--dir", str(directory)), port)
-        cli = shutil.which("redis-cli") or pytest.fail("redis-cli is not installed")
-        subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in SLOW_PORTS),
-                        "--cluster-replicas", "0", "--cluster-yes"], check=True, timeout=60,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        cluster = Cluster(SLOW_PORTS, processes)
-        wait_until(lambda: all(b"cluster_state:ok" in cluster.node(p).execute_command("CLUSTER", "INFO")
-                               for p in SLOW_PORTS), 40, "slow-bus cluster ready")
-        yield cluster, proxy
+        cluster = start_cluster(tmp_path_factory.mktemp("slow-bus"), SLOW_PORTS, replicas=0, node_timeout_ms=5000,
+                                extra_args=lambda port: ["--cluster-announce-bus-port", str(BUS_PROXY)]
+                                if port == SLOW else [])
+        try:
+            yield cluster, proxy
+        finally:
+            cluster.processes.stop_all()
     finally:
         proxy.stop()
-        processes.stop_all()
 
 
 def _subscriber_on(port: int):

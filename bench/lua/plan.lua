@@ -8,8 +8,9 @@
 -- threads never send the same line before the plan wraps around (it counts the wraps). N must
 -- be passed: setup() runs in a separate Lua state, so a thread cannot count the others.
 -- With "statuses" every answer's status is counted (costs the client, not the server). With
--- "once" a thread stops when its share of the plan runs out (miss rows: a second round would
--- find the first one's answers cached); the one request each connection still sends counts as a wrap.
+-- "once" a thread stops once every request of its share of the plan has been answered (miss
+-- rows: a second round would find the first one's answers cached); what its connections send
+-- meanwhile counts as wraps.
 
 local threads = {}
 
@@ -61,16 +62,25 @@ function init(args)
   wraps = 0
   position = (tid or 1) - 1
   statuses = {}
-  if count_statuses then
+  answered, exhausted, owed = 0, false, 0
+  if count_statuses or once then
     response = function(status, headers, body)
-      statuses[status] = (statuses[status] or 0) + 1
+      if count_statuses then
+        statuses[status] = (statuses[status] or 0) + 1
+      end
+      answered = answered + 1
+      if exhausted and answered >= owed then
+        wrk.thread:stop()
+      end
     end
   end
 end
 
 function request()
   if position >= #plan then
-    if once then wrk.thread:stop() end
+    if once and not exhausted then
+      exhausted, owed = true, sent
+    end
     position = position % #plan
     wraps = wraps + 1
   end
