@@ -73,7 +73,7 @@ def get_flyer(flyer_id: int) -> Flyer | None:
 # plain rows (no entities, no identity map, no session), on a connection in autocommit, so a
 # load is its statements' round trips and nothing more (no BEGIN, no ROLLBACK). Each
 # statement sees its own snapshot, as it does in the session's READ COMMITTED transaction.
-# On PostgreSQL the loads go to psycopg directly (``conn`` is then a psycopg connection):
+# On PostgreSQL the loads go to psycopg directly (``conn`` is then a ``Psycopg``):
 # SQLAlchemy's execution of an already compiled statement (events, parameter processing,
 # result metadata, Row objects) cost ~90 µs of CPU per statement here, three times what the
 # statement's own round trip costs (docs/PERFORMANCE.md); the SQL is SQLAlchemy's, compiled once.
@@ -104,22 +104,42 @@ def stats_of(row: Any) -> CreatorStats:
     return CreatorStats(valid_flyers=row.valid or 0, next_change=min(boundaries) if boundaries else None)
 
 
-def read_creator(conn: Connection | psycopg.Connection, user_id: int, now: datetime) -> Any:
+class Psycopg:
+    """A pool connection's psycopg connection, running SQLAlchemy statements compiled once.
+
+    It tells the engine's ``before_cursor_execute`` listeners of each statement, as SQLAlchemy
+    would (the test suite and the benchmark count statements with them); with none, that is
+    one check of an empty list.
+    """
+
+    __slots__ = ("conn", "_before")
+
+    def __init__(self, conn: psycopg.Connection, engine: Any) -> None:
+        self.conn = conn
+        self._before = engine.dispatch.before_cursor_execute
+
+    def execute(self, statement: Any, params: dict[str, Any]) -> psycopg.Cursor:
+        sql = _psycopg_sql(statement)
+        cursor = self.conn.cursor(row_factory=namedtuple_row)
+        if self._before:
+            self._before(None, cursor, sql, params, None, False)
+        return cursor.execute(sql, params)
+
+
+def read_creator(conn: Connection | Psycopg, user_id: int, now: datetime) -> Any:
     """The creator's profile columns with ``valid``, ``next_start``, ``next_end`` (a row), or None."""
     params = {"user_id": user_id, "now": now}
     if isinstance(conn, Connection):
         return conn.execute(CREATOR_ROW, params).first()
-    return conn.cursor(row_factory=namedtuple_row).execute(_psycopg_sql(CREATOR_ROW), params).fetchone()
+    return conn.execute(CREATOR_ROW, params).fetchone()
 
 
-def read_creator_page(conn: Connection | psycopg.Connection, creator_id: int, now: datetime, offset: int,
+def read_creator_page(conn: Connection | Psycopg, creator_id: int, now: datetime, offset: int,
                       limit: int) -> list[tuple[Any, list[Any]]]:
     """One page of the creator's valid flyers, newest first: (flyer row, its image rows in order)."""
     flyers: list[tuple[Any, list[Any]]] = []
     params = {"user_id": creator_id, "now": now, "offset": offset, "limit": limit}
-    rows = (conn.execute(PAGE_ROWS, params) if isinstance(conn, Connection)
-            else conn.cursor(row_factory=namedtuple_row).execute(_psycopg_sql(PAGE_ROWS), params))
-    for row in rows:
+    for row in conn.execute(PAGE_ROWS, params):
         if not flyers or flyers[-1][0].id != row.id:
             flyers.append((row, []))
         if row.image_key is not None:

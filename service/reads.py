@@ -98,8 +98,8 @@ def read_only(load: Callable[[Any], Any]) -> Any:
     """Run ``load`` on a pool connection in autocommit (no BEGIN, no ROLLBACK: its statements'
     round trips only), once more on a fresh connection if the first one turns out dead.
 
-    On PostgreSQL ``load`` gets the pool connection's psycopg connection itself (see
-    models.queries), elsewhere a SQLAlchemy connection. The pool does not ping a connection it
+    On PostgreSQL ``load`` gets the pool connection's psycopg connection itself
+    (``models.queries.Psycopg``), elsewhere a SQLAlchemy connection. The pool does not ping a connection it
     hands out (service.database pings only one idle for long); a read-only load can simply be
     run again instead.
     """
@@ -129,7 +129,7 @@ def _read_only_psycopg(engine: Engine, load: Callable[[Any], Any]) -> Any:
         try:
             conn.autocommit = True  # an attribute while idle: no round trip
             try:
-                return load(conn)
+                return load(queries.Psycopg(conn, engine))
             finally:
                 if not conn.closed:
                     conn.autocommit = False  # as the pool and the sessions expect it back
