@@ -285,6 +285,8 @@ class Proxies:
 
     def stop(self) -> None:
         for _, proxy in self.routes:
+            proxy._stopping.set()  # every acceptor leaves its loop at once, not one after the other
+        for _, proxy in self.routes:
             proxy.stop()
 
 

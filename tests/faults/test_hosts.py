@@ -29,9 +29,9 @@ from tests.faults.conftest import HOST_DELAYS, HostWorld
 pytestmark = [pytest.mark.faults, pytest.mark.tdd_green]
 
 READERS = "BBCCA"
-WARM = 0.8        # seconds of reads before the case's fault
-RUN = 3.5         # seconds of writes (every WRITE_INTERVAL) with the fault
-AFTER = 0.8       # seconds of reads after it
+WARM = 0.5        # seconds of reads before the case's fault
+RUN = 3.0         # seconds of writes (every WRITE_INTERVAL) with the fault
+AFTER = 0.5       # seconds of reads after it
 WRITE_INTERVAL = 0.15
 MIN_CHECKED = 150
 
@@ -54,7 +54,8 @@ def test_latency_changing_mid_run_leaves_no_stale_reads(host_world):
 
     def change(stop: threading.Event) -> None:
         rng = random.Random(seed)
-        while not stop.wait(0.3):
+        deadline = time.monotonic() + RUN
+        while time.monotonic() < deadline and not stop.wait(0.3):
             for name, proxy in host_world.proxies.items():
                 for group in ("redis", "pg"):
                     proxy.delay(rng.choice((0, 1, 2, 5, 10, 20, 30)), rng.choice((0, 1, 2, 5, 10, 20, 30)), group)
@@ -70,11 +71,11 @@ def test_the_writers_host_cut_off_from_redis_leaves_no_stale_reads(host_world):
     def cut(stop: threading.Event) -> None:
         host_world.proxies["A"].refuse(True, "redis")
         host_world.proxies["A"].cut("redis")
-        stop.wait(2.0)
+        stop.wait(1.5)
         host_world.proxies["A"].refuse(False, "redis")
-        stop.wait(RUN - 2.0)
+        stop.wait(RUN - 1.5)
 
-    result, figures = run_case(host_world, "A's Redis connections cut and refused for 2 s", cut)
+    result, figures = run_case(host_world, "A's Redis connections cut and refused for 1.5 s", cut)
 
     assert_exact(result, figures)
 
@@ -82,11 +83,11 @@ def test_the_writers_host_cut_off_from_redis_leaves_no_stale_reads(host_world):
 def test_a_readers_host_with_half_open_redis_connections_leaves_no_stale_reads(host_world):
     def half_open(stop: threading.Event) -> None:
         host_world.proxies["B"].half_open("all", "redis")
-        stop.wait(2.0)
+        stop.wait(1.5)
         host_world.proxies["B"].half_open(None, "redis")
-        stop.wait(RUN - 2.0)
+        stop.wait(RUN - 1.5)
 
-    result, figures = run_case(host_world, "B's Redis connections half-open for 2 s", half_open)
+    result, figures = run_case(host_world, "B's Redis connections half-open for 1.5 s", half_open)
 
     assert_exact(result, figures)
 
