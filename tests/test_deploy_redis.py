@@ -325,3 +325,41 @@ def test_cache_stats_in_sentinel_mode_cover_every_instance_sharing_the_redis(tmp
         dispose_app(app)
 
     assert stats["scope"] == "all instances sharing the Redis" and stats["redis"] is True
+
+
+def test_the_sentinels_let_the_primary_take_invalidations_alone_only_while_its_replica_is_down(sentinel_group):
+    from cache.sentinel import lone_primary_check
+
+    client = make_client(None, mode="sentinel", sentinels=sentinel_group.sentinels,
+                         sentinel_master=sentinel_group.master, connect_timeout=1.0, socket_timeout=1.0)
+    check = lone_primary_check(client)
+    run_id = client.info("server")["run_id"]
+    try:
+        with_replica = check(run_id)
+        replica = sentinel_group.stop_replica()
+        try:
+            replica_down, other_server = check(run_id), check("0" * 40)
+        finally:
+            sentinel_group.start_replica(replica)
+        replica_back = check(run_id)
+    finally:
+        close_client(client)
+
+    assert (with_replica, replica_down, other_server, replica_back) == (False, True, False, False)
+    assert lone_primary_check(make_client(REDIS_URL_TEST)) is None
+
+
+def test_unreachable_sentinels_fail_a_command_at_once_not_after_retries():
+    from tests.processes import PORT_BASE, port_free
+
+    closed = PORT_BASE + 59  # nothing listens there: every connection is refused
+    assert port_free(closed)
+    client = make_client(None, mode="sentinel", sentinels=[("127.0.0.1", closed)] * 3)
+
+    started = time.monotonic()
+    with pytest.raises(redis.ConnectionError):
+        client.get("pf:probe")
+    elapsed = time.monotonic() - started
+    close_client(client)
+
+    assert elapsed < 0.5
