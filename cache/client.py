@@ -15,7 +15,8 @@ Three deployment modes (``REDIS_MODE``):
   for the primary's address and connect to it as plain connections: a sentinel-managed
   connection class used outside its pool silently connects to localhost:6379 (redis-py 8.1).
   Invalidations wait until a replica has them (``WAIT 1``), so a failover cannot lose one
-  that a write has been told about (see ``cache.invalidation``).
+  that a write has been told about (see ``cache.invalidation``), unless every sentinel says
+  the primary's replicas are down (``cache.sentinel``).
 """
 from __future__ import annotations
 
