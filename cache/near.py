@@ -202,14 +202,18 @@ class NearCache:
         if now < self._next_attempt:
             return False
         self._next_attempt = now + self._retry_interval
-        conn = self._connect_fn()
+        conn = None
         try:
+            # Inside the try: in Sentinel mode making the connection asks the sentinels for
+            # the primary, which raises when none can be reached (a lookup must not).
+            conn = self._connect_fn()
             conn.connect()
             conn.send_command("SUBSCRIBE", self._channel)
             if conn.read_response(push_request=True)[0] != b"subscribe":
                 raise redis.ConnectionError("SUBSCRIBE was refused")
         except (redis.RedisError, OSError):
-            conn.disconnect()
+            if conn is not None:
+                conn.disconnect()
             return False
         self._clear()  # copies from before the subscription may have missed invalidations
         self._conn = conn
