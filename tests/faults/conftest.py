@@ -601,6 +601,10 @@ class HostWorld(World):
                 "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000",
                 "MEDIA_ROOT": str(media),
                 "METRICS_FLUSH_INTERVAL": "0.25",
+                # A few round trips at the largest delays (30 ms each way), as a deployment with
+                # Redis on another host would set it: at the default 0.1 s a Cluster worker
+                # sometimes timed out reading the slot map at boot, and gunicorn gave up.
+                "REDIS_SOCKET_TIMEOUT": "0.25",
                 **redis_env(host),
             }
             self.instances[host.name] = Instance(self.registry, host.name, HOSTS_BASE + 21 + index, env,
