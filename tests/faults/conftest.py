@@ -578,6 +578,8 @@ class HostWorld(World):
         super().__init__(registry, postgres, directory)
         self.hosts = {host.name: host for host in hosts}
         self.mode = ""
+        self.admin_redis: Callable[[], Any] = lambda: self.admin()
+        """A client of the Redis deployment itself, not through a host's proxy."""
 
     def build_on_hosts(self, mode: str, redis_ports: list[int], redis_env: Callable[[Host], dict[str, str]],
                        workers: int = 2) -> "HostWorld":
@@ -650,14 +652,28 @@ def host_world(request: pytest.FixtureRequest, registry: Registry, postgres: Pos
         elif mode == "sentinel":
             group = request.getfixturevalue("sentinel_group")
             group.flush()
+            world.admin_redis = lambda: group.node(group.primary_port())
             world.build_on_hosts(mode, [*group.data_ports, *group.sentinel_ports], lambda host: {
                 "REDIS_MODE": "sentinel", "REDIS_SENTINEL_MASTER": group.master,
                 "REDIS_SENTINELS": ",".join(f"{host.outside}:{port}" for port in group.sentinel_ports)})
         else:
             cluster = request.getfixturevalue("redis_cluster")
             cluster.flush()
+            world.admin_redis = lambda: redis.RedisCluster(host=HOST, port=cluster.ports[0])
             world.build_on_hosts(mode, list(cluster.ports), lambda host: {
                 "REDIS_MODE": "cluster", "REDIS_URL": f"redis://{host.outside}:{cluster.ports[0]}"})
         yield world
     finally:
         world.teardown()
+
+
+@pytest.fixture
+def hosts_case(host_world: HostWorld) -> HostWorld:
+    """The hosts' world at steady delays, no fault, and a user of the test's own.
+
+    A user of its own: the checker numbers its writes from 0, so a value left by an earlier
+    test (a higher number) would pass for a fresh one.
+    """
+    host_world.steady()
+    host_world._make_user()
+    return host_world

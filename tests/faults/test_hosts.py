@@ -23,6 +23,7 @@ from typing import Callable
 
 import pytest
 
+from cache import keys
 from tests.faults.checker import Checker, Result
 from tests.faults.conftest import HOST_DELAYS, HostWorld
 
@@ -36,60 +37,73 @@ WRITE_INTERVAL = 0.15
 MIN_CHECKED = 150
 
 
-@pytest.fixture(autouse=True)
-def steady(host_world: HostWorld) -> None:
-    """Every case starts (and the next one starts again) from steady delays and no fault."""
-    host_world.steady()
-
-
-def test_steady_latency_between_hosts_leaves_no_stale_reads(host_world):
-    result, figures = run_case(host_world, "steady delays", lambda stop: stop.wait(RUN))
+def test_steady_latency_between_hosts_leaves_no_stale_reads(hosts_case):
+    result, figures = run_case(hosts_case, "steady delays", lambda stop: stop.wait(RUN))
 
     assert_exact(result, figures)
     assert figures["hit_rate_B"] > 0, f"the cache was never used on B: {figures}"
 
 
-def test_latency_changing_mid_run_leaves_no_stale_reads(host_world):
+def test_latency_changing_mid_run_leaves_no_stale_reads(hosts_case):
     seed = random.randrange(1 << 30)
 
     def change(stop: threading.Event) -> None:
         rng = random.Random(seed)
         deadline = time.monotonic() + RUN
         while time.monotonic() < deadline and not stop.wait(0.3):
-            for name, proxy in host_world.proxies.items():
+            for name, proxy in hosts_case.proxies.items():
                 for group in ("redis", "pg"):
                     proxy.delay(rng.choice((0, 1, 2, 5, 10, 20, 30)), rng.choice((0, 1, 2, 5, 10, 20, 30)), group)
 
-    result, figures = run_case(host_world, "delays changing every 0.3 s (0-30 ms each way)", change, seed=seed)
+    result, figures = run_case(hosts_case, "delays changing every 0.3 s (0-30 ms each way)", change, seed=seed)
 
     assert_exact(result, figures)
 
 
-def test_the_writers_host_cut_off_from_redis_leaves_no_stale_reads(host_world):
+def test_the_writers_host_cut_off_from_redis_leaves_no_stale_reads(hosts_case):
     # A's writes retry their invalidations for CACHE_WRITE_DEADLINE, then answer with them still
     # in the outbox; B and C hear of the rows from PostgreSQL (NOTIFY) and deliver them.
     def cut(stop: threading.Event) -> None:
-        host_world.proxies["A"].refuse(True, "redis")
-        host_world.proxies["A"].cut("redis")
+        hosts_case.proxies["A"].refuse(True, "redis")
+        hosts_case.proxies["A"].cut("redis")
         stop.wait(1.5)
-        host_world.proxies["A"].refuse(False, "redis")
+        hosts_case.proxies["A"].refuse(False, "redis")
         stop.wait(RUN - 1.5)
 
-    result, figures = run_case(host_world, "A's Redis connections cut and refused for 1.5 s", cut)
+    result, figures = run_case(hosts_case, "A's Redis connections cut and refused for 1.5 s", cut)
 
     assert_exact(result, figures)
 
 
-def test_a_readers_host_with_half_open_redis_connections_leaves_no_stale_reads(host_world):
+def test_a_readers_host_with_half_open_redis_connections_leaves_no_stale_reads(hosts_case):
     def half_open(stop: threading.Event) -> None:
-        host_world.proxies["B"].half_open("all", "redis")
+        hosts_case.proxies["B"].half_open("all", "redis")
         stop.wait(1.5)
-        host_world.proxies["B"].half_open(None, "redis")
+        hosts_case.proxies["B"].half_open(None, "redis")
         stop.wait(RUN - 1.5)
 
-    result, figures = run_case(host_world, "B's Redis connections half-open for 1.5 s", half_open)
+    result, figures = run_case(hosts_case, "B's Redis connections half-open for 1.5 s", half_open)
 
     assert_exact(result, figures)
+
+
+def test_the_checker_catches_an_older_value_planted_in_redis(hosts_case):
+    # The twin that must fail: an entry from before a write, put back into Redis behind the
+    # service's back after the write answered, is served by the hosts that read it from Redis.
+    checker = hosts_case.checker(readers=READERS).start()
+    time.sleep(WARM)
+    key = keys.profile_key(hosts_case.user_id)
+    with hosts_case.admin_redis() as admin:
+        before = admin.dump(key)
+        checker.write(only="profile")
+        time.sleep(0.3)
+        admin.restore(key, 0, before, replace=True)
+        time.sleep(1.0)
+        admin.delete(key)
+    result = checker.stop()
+
+    assert before is not None, "the profile was never cached"
+    assert result.stale > 0, result.summary()
 
 
 # helpers ---------------------------------------------------------------------------------------
