@@ -24,7 +24,8 @@ from it, is seen), and answers no if any sentinel cannot be asked.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import redis
 from redis.sentinel import SentinelConnectionPool

@@ -23,7 +23,7 @@ class NetworkError(RuntimeError):
 def ip(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``ip argv...``; raise NetworkError with its output if it fails and `check`."""
     try:
-        done = subprocess.run(["ip", *argv], capture_output=True, text=True, timeout=20)
+        done = subprocess.run(["ip", *argv], capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise NetworkError(f"ip {' '.join(argv)}: {error}") from error
     if check and done.returncode != 0:

@@ -35,7 +35,8 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 HOST = "127.0.0.1"
 CHUNK = 65536

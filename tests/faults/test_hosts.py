@@ -19,7 +19,7 @@ import random
 import statistics
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -51,7 +51,7 @@ def test_latency_changing_mid_run_leaves_no_stale_reads(hosts_case):
         rng = random.Random(seed)
         deadline = time.monotonic() + RUN
         while time.monotonic() < deadline and not stop.wait(0.3):
-            for name, proxy in hosts_case.proxies.items():
+            for proxy in hosts_case.proxies.values():
                 for group in ("redis", "pg"):
                     proxy.delay(rng.choice((0, 1, 2, 5, 10, 20, 30)), rng.choice((0, 1, 2, 5, 10, 20, 30)), group)
 
