@@ -29,12 +29,17 @@ class Invalidator:
                  clock: Callable[[], float], generation_ttl_ms: int, *, settle: float = 0.0,
                  monotonic: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep, replicas: int = 0,
-                 fan_out: bool = False) -> None:
+                 fan_out: bool = False, lone_check: Callable[[str], bool] | None = None) -> None:
         self._client = client
         self.fan_out = fan_out
         """Redis Cluster: the message goes to every node directly, once the deletions are acknowledged."""
         self.replicas = replicas
         """Sentinel mode: replicas that must hold an invalidation before it counts as delivered (``WAIT``)."""
+        self._lone_check = lone_check
+        """Sentinel mode: whether a primary (by run_id) with no replica in sync may take it alone (``cache.sentinel``)."""
+        self._short = False  # the last WAIT fell short: identify the server from now on (INFO), until one does not
+        self.lone_deliveries = 0
+        """Invalidations a primary took without a replica, the sentinels agreeing that its replicas are down."""
         self._scripts = scripts
         self._breaker = breaker
         self._clock = clock
@@ -107,16 +112,26 @@ class Invalidator:
             publish_everywhere(self._client, INVALIDATION_CHANNEL, message)
             return
         pipe.publish(INVALIDATION_CHANNEL, message)
+        identify = bool(self.replicas and self._lone_check is not None and self._short)
+        if identify:
+            pipe.execute_command("INFO", "server")  # which server applied it, for the sentinels' verdict
         if self.replicas:
             # Sentinel: a failover promotes a replica, whose data lacks what the old primary
             # did not replicate. Counted as delivered only once a replica has it (and the
             # message): a promoted replica then has it too, and a primary cut off from its
             # replicas (the one a failover is leaving) never acknowledges one; the write
             # leaves it in the outbox and every process suspends its reads until delivered.
+            # Unless the sentinels say its replicas are down (see ``cache.sentinel``).
             pipe.execute_command("WAIT", self.replicas, 50)
         replies = pipe.execute()
-        if self.replicas and replies[-1] < self.replicas:
-            raise redis.ConnectionError("cache: invalidation not replicated (WAIT); the primary may be leaving")
+        if not self.replicas or replies[-1] >= self.replicas:
+            self._short = False
+            return
+        self._short = True
+        if identify and self._lone_check(_run_id(replies[-2])):
+            self.lone_deliveries += 1
+            return
+        raise redis.ConnectionError("cache: invalidation not replicated (WAIT); the primary may be leaving")
 
 
 def publish_everywhere(client: RedisCluster, channel: str, message: str) -> None:
@@ -157,3 +172,14 @@ def publish_everywhere(client: RedisCluster, channel: str, message: str) -> None
             if failed:
                 conn.disconnect()  # its reply may still be on the way
             pool.release(conn)
+
+
+def _run_id(info: object) -> str:
+    """The run_id in an ``INFO server`` reply (parsed into a dict by redis-py, or raw)."""
+    if isinstance(info, dict):
+        return str(info.get("run_id", ""))
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        if line.startswith("run_id:"):
+            return line[len("run_id:"):].strip()
+    return ""

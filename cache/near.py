@@ -217,6 +217,8 @@ class NearCache:
         self._next_attempt = now + self._retry_interval
         conn = None
         try:
+            # Inside the try: in Sentinel mode making the connection asks the sentinels for
+            # the primary, which raises when none can be reached (a lookup must not).
             conn = self._connect_fn()
             conn.connect()
             conn.send_command("SUBSCRIBE", self._channel)

@@ -17,6 +17,7 @@ from .invalidation import Invalidator
 from .keys import GENERATION_SEPARATOR, LEASE_PREFIX, lease_field
 from .near import NearCache
 from .scripts import Scripts
+from .sentinel import lone_primary_check
 from .stats import CacheStats
 
 __all__ = ["NOT_FOUND", "Claim", "Loaded", "Entry", "ReadThroughCache"]
@@ -76,7 +77,8 @@ class ReadThroughCache:
                                         settle=near.window if near is not None else 0.0,
                                         monotonic=clock, sleep=sleep,
                                         replicas=1 if mode_of(client) == "sentinel" else 0,
-                                        fan_out=mode_of(client) == "cluster")
+                                        fan_out=mode_of(client) == "cluster",
+                                        lone_check=lone_primary_check(client))
 
     def get_or_load(self, family: str, key: str, loader: Callable[[], Loaded], *,
                     variant: str = "", generation_key: str | None = None, claim: Claim | None = None) -> Entry:

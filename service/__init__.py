@@ -83,7 +83,9 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     telemetry = Telemetry(cache.stats, client, interval=settings["METRICS_FLUSH_INTERVAL"],
                           instance=settings["METRICS_INSTANCE"] or default_instance(),
                           metrics_dir=settings["METRICS_DIR"], breaker=breaker, near=cache.near,
-                          embedded=redis_client is None and settings["REDIS_URL"] is None,
+                          # Only single mode without a URL is the in-process fakeredis (Sentinel needs no URL).
+                          embedded=redis_client is None and settings["REDIS_URL"] is None
+                          and settings["REDIS_MODE"] == "single",
                           redis_ok=lambda: breaker.state == "closed")
     audit = Auditor(app, cache.stats, client, fraction=settings["CACHE_AUDIT_FRACTION"],
                     grace=settings["CACHE_AUDIT_GRACE"], max_per_second=settings["CACHE_AUDIT_MAX_PER_SECOND"])

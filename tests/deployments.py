@@ -15,6 +15,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from cache.sentinel import DOWN_FLAGS
 from tests.processes import PORT_BASE, Processes, redis_args, wait_until
 
 MASTER = "mymaster"
@@ -77,6 +78,32 @@ class SentinelGroup:
     def flush(self) -> None:
         self.node(self.primary_port()).flushall()
         self.node(self.primary_port()).execute_command("WAIT", 1, 2000)
+
+    def stop_replica(self, timeout: float = 30.0) -> int:
+        """Stop the replica's redis-server and wait until every sentinel flags it down; its port."""
+        port = self.replica_port()
+        self.processes.stop(self._process_name(port))
+        wait_until(lambda: all(self._replica_down(n, port) for n in range(len(self.sentinel_ports))), timeout,
+                   "every sentinel sees the replica down")
+        return port
+
+    def start_replica(self, port: int, timeout: float = 40.0) -> None:
+        """Start the stopped replica again (empty, following the primary); wait until every sentinel sees it up."""
+        self.processes.start(self._process_name(port),
+                             redis_args(port, "--replicaof", "127.0.0.1", str(self.primary_port())), port)
+        wait_until(lambda: self.settled() and not any(self._replica_down(n, port)
+                                                      for n in range(len(self.sentinel_ports))),
+                   timeout, "Sentinel group settled with its replica back")
+
+    def _process_name(self, port: int) -> str:
+        return "primary" if port == self.data_ports[0] else "replica"  # as the fixture started them
+
+    def _replica_down(self, n: int, port: int) -> bool:
+        for replica in self.sentinel(n).execute_command("SENTINEL", "REPLICAS", self.master):
+            fields = replica if isinstance(replica, dict) else dict(zip(replica[::2], replica[1::2]))
+            if int(fields["port"]) == port:
+                return not DOWN_FLAGS.isdisjoint(fields["flags"].split(","))
+        return False
 
 
 @dataclass

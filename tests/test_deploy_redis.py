@@ -306,3 +306,84 @@ def test_a_repair_that_cannot_replay_is_a_redis_error_and_the_read_bypasses_the_
     assert entry.body == b'{"from":"database"}' and entry.result == "error"
     assert cache.lookup("profile", keys.profile_key(1)) is None
     cache._scripts.close()
+
+
+def test_cache_stats_in_sentinel_mode_cover_every_instance_sharing_the_redis(tmp_path, sentinel_group):
+    """Sentinel mode needs no REDIS_URL; that must not read as the embedded, this-process-only cache."""
+    from service import create_app
+    from service.testing import create_tables, dispose_app, service_config
+
+    app = create_app(service_config(database_url=f"sqlite:///{tmp_path / 'stats.db'}", REDIS_MODE="sentinel",
+                                    REDIS_SENTINELS=sentinel_group.sentinels,
+                                    REDIS_SENTINEL_MASTER=sentinel_group.master))
+    create_tables(app)
+    try:
+        stats = app.test_client().get("/api/v1/cache/stats").json
+    finally:
+        services = app.extensions["profile_service"]
+        services.outbox.stop()
+        services.cache._scripts.close()
+        if services.cache.near is not None:
+            services.cache.near.close()
+        close_client(services.redis)
+        dispose_app(app)
+
+    assert stats["scope"] == "all instances sharing the Redis" and stats["redis"] is True
+
+
+def test_the_sentinels_let_the_primary_take_invalidations_alone_only_while_its_replica_is_down(sentinel_group):
+    from cache.sentinel import lone_primary_check
+
+    client = make_client(None, mode="sentinel", sentinels=sentinel_group.sentinels,
+                         sentinel_master=sentinel_group.master, connect_timeout=1.0, socket_timeout=1.0)
+    check = lone_primary_check(client)
+    run_id = client.info("server")["run_id"]
+    try:
+        with_replica = check(run_id)
+        replica = sentinel_group.stop_replica()
+        try:
+            replica_down, other_server = check(run_id), check("0" * 40)
+        finally:
+            sentinel_group.start_replica(replica)
+        replica_back = check(run_id)
+    finally:
+        close_client(client)
+
+    assert (with_replica, replica_down, other_server, replica_back) == (False, True, False, False)
+    assert lone_primary_check(make_client(REDIS_URL_TEST)) is None
+
+
+def test_unreachable_sentinels_fail_a_command_at_once_not_after_retries():
+    from tests.processes import PORT_BASE, port_free
+
+    closed = PORT_BASE + 59  # nothing listens there: every connection is refused
+    assert port_free(closed)
+    client = make_client(None, mode="sentinel", sentinels=[("127.0.0.1", closed)] * 3)
+
+    started = time.monotonic()
+    with pytest.raises(redis.ConnectionError):
+        client.get("pf:probe")
+    elapsed = time.monotonic() - started
+    close_client(client)
+
+    assert elapsed < 0.5
+
+
+def test_a_cluster_invalidation_pipeline_asks_no_node_for_the_keys_of_its_bumps(redis_cluster):
+    """Each COMMAND GETKEYS is a round trip: an outbox replay of 500 bumps took 10 s with Redis 20 ms away."""
+    client = make_client(redis_cluster.url, mode="cluster", connect_timeout=1.0, socket_timeout=1.0)
+    cache = ReadThroughCache(client)
+
+    def getkeys_calls() -> int:
+        return sum(redis_cluster.node(port).info("commandstats").get("cmdstat_command|getkeys", {}).get("calls", 0)
+                   for port in redis_cluster.ports)
+
+    before = getkeys_calls()
+    delivered = cache.invalidate(keys=[keys.profile_key(n) for n in range(50)],
+                                 generations=[(keys.generation_key(n), keys.pages_key(n)) for n in range(50)],
+                                 timeout=5.0)
+    after = getkeys_calls()
+    cache._scripts.close()
+    client.close()
+
+    assert delivered and after == before

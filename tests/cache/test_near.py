@@ -8,8 +8,9 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 
-from cache import Claim, keys
+from cache import Claim, NearCache, keys
 from cache.entries import Entry
 
 pytestmark = pytest.mark.tdd_green
@@ -230,3 +231,13 @@ def test_a_subscription_that_stops_answering_serves_nothing_and_is_dropped(near_
 
     assert served_while_silent == (None, None)
     assert dropped == (None, None) and near.usage()[:2] == (0, 0)
+
+
+def test_a_subscriber_that_cannot_find_its_server_serves_nothing_and_raises_nothing():
+    """Sentinel mode: the connection factory asks the sentinels, and raises when none answers."""
+    def no_primary() -> redis.Connection:
+        raise redis.ConnectionError("No master found for 'mymaster'")
+
+    near = NearCache(no_primary, keys.INVALIDATION_CHANNEL, max_bytes=1 << 20)
+
+    assert near.get(keys.profile_key(1), "v") == (None, None) and not near.caught_up

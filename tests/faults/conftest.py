@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import io
+import json
 import os
 import shutil
 import signal
@@ -31,6 +32,7 @@ import pytest
 import redis
 
 from tests.faults.checker import Checker, Http, page_subject, profile_subject
+from tests.faults.hosts import Host, NetworkError, create_hosts, remove_hosts, run_id
 from tests.faults.proxy import ProxyControl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -303,11 +305,12 @@ class ProxyProcess:
     """A proxy process (tests/faults/proxy.py) and its control connection."""
 
     def __init__(self, registry: Registry, name: str, port: int, control_port: int, target: int,
-                 log_dir: Path) -> None:
+                 log_dir: Path, routes: list[dict[str, Any]] | None = None) -> None:
         self.name, self.port = name, port
-        self.process = registry.start(f"proxy-{name}", [sys.executable, "-m", "tests.faults.proxy", "--port",
-                                                        str(port), "--target", str(target), "--control",
-                                                        str(control_port)], log_dir / f"proxy-{name}.log", cwd=ROOT)
+        forwarding = ["--routes", json.dumps(routes)] if routes else ["--port", str(port), "--target", str(target)]
+        self.process = registry.start(f"proxy-{name}", [sys.executable, "-m", "tests.faults.proxy", *forwarding,
+                                                        "--control", str(control_port)],
+                                      log_dir / f"proxy-{name}.log", cwd=ROOT)
         self.control: ProxyControl | None = None
 
         def connect() -> bool:
@@ -338,17 +341,18 @@ class ProxyProcess:
 # gunicorn -------------------------------------------------------------------------------------
 
 class Instance:
-    """`gunicorn -w 2 wsgi:app` on `port`, run from the worktree root."""
+    """`gunicorn -w 2 wsgi:app` on `host`:`port`, run from the worktree root (behind `prefix`, e.g. ip netns exec)."""
 
     def __init__(self, registry: Registry, name: str, port: int, env: dict[str, str], log_dir: Path,
-                 workers: int = 2) -> None:
+                 workers: int = 2, *, host: str = HOST, prefix: tuple[str, ...] = ()) -> None:
         self.registry, self.name, self.port, self.env, self.log_dir = registry, name, port, env, log_dir
         self.workers_wanted = workers
-        self.url = f"http://{HOST}:{port}"
+        self.host, self.prefix = host, prefix
+        self.url = f"http://{host}:{port}"
         self.process: Process | None = None
 
     def start(self) -> "Instance":
-        argv = [_bin("gunicorn"), "-w", str(self.workers_wanted), "-b", f"{HOST}:{self.port}",
+        argv = [*self.prefix, _bin("gunicorn"), "-w", str(self.workers_wanted), "-b", f"{self.host}:{self.port}",
                 "--graceful-timeout", "5", "--timeout", "30", "wsgi:app"]
         self.process = self.registry.start(f"gunicorn-{self.name}", argv, self.log_dir / f"gunicorn-{self.name}.log",
                                            cwd=ROOT, env=self.env)
@@ -552,3 +556,129 @@ def run_in_thread(function: Callable[[], Any]) -> threading.Thread:
     thread = threading.Thread(target=function, daemon=True)
     thread.start()
     return thread
+
+
+# several hosts ----------------------------------------------------------------------------------
+
+HOSTS_BASE = int(os.environ.get("HOSTS_PORT_BASE", str(BASE + 70)))
+"""Ports of the several-hosts tests: their single-mode Redis +1, proxy control ports +11.., gunicorn +21..
+(HOSTS_PORT_BASE moves them; by default they follow FAULTS_PORT_BASE)."""
+HOST_DELAYS = {"A": (2.0, 3.0), "B": (10.0, 6.0), "C": (4.0, 12.0)}
+"""Steady one-way delays (ms) between each host and PostgreSQL/Redis: (to the server, back)."""
+
+
+class HostWorld(World):
+    """A World whose instances run on hosts (network namespaces), each behind its own proxy to PG and Redis.
+
+    Proxy "A" is host A's whole network to the servers; ``proxies[h].delay(up, down, group)`` with
+    group "redis" or "pg" (or both when None).
+    """
+
+    def __init__(self, registry: Registry, postgres: PostgresCluster, directory: Path, hosts: list[Host]) -> None:
+        super().__init__(registry, postgres, directory)
+        self.hosts = {host.name: host for host in hosts}
+        self.mode = ""
+        self.admin_redis: Callable[[], Any] = lambda: self.admin()
+        """A client of the Redis deployment itself, not through a host's proxy."""
+
+    def build_on_hosts(self, mode: str, redis_ports: list[int], redis_env: Callable[[Host], dict[str, str]],
+                       workers: int = 2) -> "HostWorld":
+        self.mode = mode
+        media = self.directory / "media"  # the object store every host shares
+        media.mkdir(exist_ok=True)
+        for index, host in enumerate(self.hosts.values()):
+            routes = [{"port": PG_PORT, "target": PG_PORT, "host": host.outside, "group": "pg"}]
+            for port in redis_ports:
+                routes.append({"port": port, "target": port, "host": host.outside, "group": "redis"})
+                routes.append({"port": port, "target": port, "netns": host.netns, "group": "redis"})
+            proxy = ProxyProcess(self.registry, host.name, 0, HOSTS_BASE + 11 + index, 0, self.directory, routes)
+            proxy.delay(*HOST_DELAYS[host.name])
+            self.proxies[host.name] = proxy
+            env = {
+                **_base_env(),
+                **{key: os.environ[key] for key in PASS_THROUGH if key in os.environ},
+                "DATABASE_URL": f"postgresql://postgres@{host.outside}:{PG_PORT}/{DATABASE}",
+                "RATE_LIMIT_ENABLED": "false",
+                "SECRET_KEY": SECRET,
+                "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000",
+                "MEDIA_ROOT": str(media),
+                "METRICS_FLUSH_INTERVAL": "0.25",
+                # A few round trips at the largest delays (30 ms each way), as a deployment with
+                # Redis on another host would set it: at the default 0.1 s a Cluster worker
+                # sometimes timed out reading the slot map at boot, and gunicorn gave up.
+                "REDIS_SOCKET_TIMEOUT": "0.25",
+                **redis_env(host),
+            }
+            self.instances[host.name] = Instance(self.registry, host.name, HOSTS_BASE + 21 + index, env,
+                                                 self.directory, workers, host=host.inside,
+                                                 prefix=host.exec_prefix).start()
+        for instance in self.instances.values():
+            instance.wait_ready(timeout=60)
+        self._make_user()
+        return self
+
+    def steady(self) -> None:
+        """Every host back to its steady delays, no refusal, no half-open connection."""
+        for name, proxy in self.proxies.items():
+            proxy.reset()
+            proxy.delay(*HOST_DELAYS[name])
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[list[Host]]:
+    """Hosts A, B and C: network namespaces with a veth pair each, removed at the end (fails, never skips)."""
+    try:
+        created = create_hosts("ABC", run_id())
+    except NetworkError as error:
+        pytest.fail(f"network namespaces are not usable on this machine: {error}")
+    try:
+        yield created
+    finally:
+        remove_hosts(created)
+
+
+@pytest.fixture(scope="module", params=["single", "sentinel", "cluster"])
+def host_world(request: pytest.FixtureRequest, registry: Registry, postgres: PostgresCluster, hosts: list[Host],
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostWorld]:
+    """Instances on hosts A, B and C sharing PostgreSQL and the Redis deployment of one mode (all three in turn)."""
+    mode = request.param
+    directory = tmp_path_factory.mktemp(f"hosts-{mode}")
+    # Rows left by earlier tests' worlds would be replayed by every new worker's epoch repair
+    # (a full retention window: 2-3 s of stalled reads per host in Cluster mode, see
+    # docs/DEPLOY.md); their Redis servers are gone, so the rows matter to no one now.
+    with postgres.connect() as conn:
+        conn.execute("DELETE FROM cache_outbox")
+    world = HostWorld(registry, postgres, directory, hosts)
+    try:
+        if mode == "single":
+            world.redis = RedisServer(registry, HOSTS_BASE + 1, directory).start()
+            world.build_on_hosts(mode, [HOSTS_BASE + 1],
+                                 lambda host: {"REDIS_URL": f"redis://{host.outside}:{HOSTS_BASE + 1}/0"})
+        elif mode == "sentinel":
+            group = request.getfixturevalue("sentinel_group")
+            group.flush()
+            world.admin_redis = lambda: group.node(group.primary_port())
+            world.build_on_hosts(mode, [*group.data_ports, *group.sentinel_ports], lambda host: {
+                "REDIS_MODE": "sentinel", "REDIS_SENTINEL_MASTER": group.master,
+                "REDIS_SENTINELS": ",".join(f"{host.outside}:{port}" for port in group.sentinel_ports)})
+        else:
+            cluster = request.getfixturevalue("redis_cluster")
+            cluster.flush()
+            world.admin_redis = lambda: redis.RedisCluster(host=HOST, port=cluster.ports[0])
+            world.build_on_hosts(mode, list(cluster.ports), lambda host: {
+                "REDIS_MODE": "cluster", "REDIS_URL": f"redis://{host.outside}:{cluster.ports[0]}"})
+        yield world
+    finally:
+        world.teardown()
+
+
+@pytest.fixture
+def hosts_case(host_world: HostWorld) -> HostWorld:
+    """The hosts' world at steady delays, no fault, and a user of the test's own.
+
+    A user of its own: the checker numbers its writes from 0, so a value left by an earlier
+    test (a higher number) would pass for a fresh one.
+    """
+    host_world.steady()
+    host_world._make_user()
+    return host_world

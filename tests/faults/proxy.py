@@ -15,11 +15,18 @@ controls act on every connection, current and future:
 It runs in its own process (``python -m tests.faults.proxy``), so the test process's threads
 do not hold its GIL; the process answers JSON-line commands on a control port
 (``ProxyControl`` below is the client the fixtures use).
+
+One process may serve several *routes* (``--routes``, a JSON list): each listens on its own
+address, optionally inside a network namespace (the listening socket is created there with
+setns(2), its upstream connections leave from the proxy's own namespace), and belongs to a
+group (e.g. "redis", "pg"); every control takes an optional ``group`` to act on one group only.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import os
 import queue
 import re
 import signal
@@ -28,6 +35,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 HOST = "127.0.0.1"
@@ -35,6 +43,20 @@ CHUNK = 65536
 SUBSCRIBE = re.compile(rb"\$(?:9|10)\r\n[PS]?SUBSCRIBE\r\n", re.IGNORECASE)
 """A SUBSCRIBE, PSUBSCRIBE or SSUBSCRIBE command name as a RESP bulk string."""
 HALF_OPEN_MODES = (None, "subscribers", "all")
+CLONE_NEWNET = 0x40000000
+
+
+def _listen_in_netns(netns: str, make: Callable[[], socket.socket]) -> socket.socket:
+    """Call `make` with this thread inside the network namespace `netns` (``ip netns add``), then come back."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/thread-self/ns/net") as here, open(f"/run/netns/{netns}") as there:
+        if libc.setns(there.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into network namespace {netns} failed")
+        try:
+            return make()
+        finally:
+            if libc.setns(here.fileno(), CLONE_NEWNET) != 0:
+                os._exit(3)  # never go on listening or connecting from the wrong namespace
 
 
 def _close(sock: socket.socket) -> None:
@@ -130,9 +152,10 @@ class _Connection:
 
 
 class Proxy:
-    """Forwards 127.0.0.1:`port` to 127.0.0.1:`target`; see the module docstring for the controls."""
+    """Forwards `host`:`port` (in `netns` if given) to 127.0.0.1:`target`; see the module docstring."""
 
-    def __init__(self, port: int, target: int, *, max_connections: int = 128) -> None:
+    def __init__(self, port: int, target: int, *, max_connections: int = 128, host: str = HOST,
+                 netns: str | None = None) -> None:
         self.port, self.target = port, target
         self.max_connections = max_connections
         self.up_ms = 0.0
@@ -143,12 +166,16 @@ class Proxy:
         self._lock = threading.Lock()
         self._connections: set[_Connection] = set()
         self._stopping = threading.Event()
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((HOST, port))
-        self._listener.listen(128)
+        self._listener = _listen_in_netns(netns, lambda: self._listen(host)) if netns else self._listen(host)
         self._listener.settimeout(0.2)
         self._acceptor = threading.Thread(target=self._accept_loop, daemon=True, name="proxy-accept")
+
+    def _listen(self, host: str) -> socket.socket:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, self.port))
+        listener.listen(128)
+        return listener
 
     def start(self) -> "Proxy":
         self._acceptor.start()
@@ -225,9 +252,55 @@ class Proxy:
             self._connections.discard(conn)
 
 
-def serve(port: int, target: int, control_port: int) -> None:
-    """Run a proxy and answer JSON-line commands on `control_port` until "stop" or SIGTERM."""
-    proxy = Proxy(port, target).start()
+class Proxies:
+    """The proxies of one process, each in a group; a control acts on one group, or on all if none is named."""
+
+    def __init__(self, routes: list[tuple[str, Proxy]]) -> None:
+        self.routes = routes
+
+    def _select(self, group: str | None) -> list[Proxy]:
+        chosen = [proxy for name, proxy in self.routes if group is None or name == group]
+        if not chosen:
+            raise ValueError(f"no route in group {group!r}")
+        return chosen
+
+    def delay(self, up_ms: float = 0.0, down_ms: float = 0.0, group: str | None = None) -> None:
+        for proxy in self._select(group):
+            proxy.delay(up_ms, down_ms)
+
+    def cut(self, group: str | None = None) -> int:
+        return sum(proxy.cut() for proxy in self._select(group))
+
+    def refuse(self, on: bool = True, group: str | None = None) -> None:
+        for proxy in self._select(group):
+            proxy.refuse(on)
+
+    def half_open(self, mode: str | None, group: str | None = None) -> None:
+        for proxy in self._select(group):
+            proxy.half_open(mode)
+
+    def status(self, group: str | None = None) -> dict[str, Any]:
+        statuses = [proxy.status() for proxy in self._select(group)]
+        summed = {key: sum(s[key] for s in statuses) for key in ("connections", "subscribers", "accepted")}
+        return {**statuses[0], **summed}
+
+    def stop(self) -> None:
+        for _, proxy in self.routes:
+            proxy._stopping.set()  # every acceptor leaves its loop at once, not one after the other
+        for _, proxy in self.routes:
+            proxy.stop()
+
+
+def serve(routes: list[dict[str, Any]], control_port: int) -> None:
+    """Run the proxies of `routes` and answer JSON-line commands on `control_port` until "stop" or SIGTERM.
+
+    A route: ``{"port": ..., "target": ..., "host": "127.0.0.1", "netns": None, "group": "default"}``.
+    """
+    proxies = Proxies([(route.get("group", "default"),
+                        Proxy(route["port"], route["target"], host=route.get("host", HOST), netns=route.get("netns")))
+                       for route in routes])
+    for _, proxy in proxies.routes:
+        proxy.start()
     control = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     control.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     control.bind((HOST, control_port))
@@ -243,24 +316,24 @@ def serve(port: int, target: int, control_port: int) -> None:
             continue
         with sock, sock.makefile("rwb") as stream:
             for line in stream:
-                answer = _command(proxy, json.loads(line), stopping)
+                answer = _command(proxies, json.loads(line), stopping)
                 stream.write(json.dumps(answer).encode() + b"\n")
                 stream.flush()
                 if stopping.is_set():
                     break
     control.close()
-    proxy.stop()
+    proxies.stop()
 
 
-def _command(proxy: Proxy, command: dict[str, Any], stopping: threading.Event) -> dict[str, Any]:
+def _command(proxies: Proxies, command: dict[str, Any], stopping: threading.Event) -> dict[str, Any]:
     name = command.pop("cmd")
     try:
         if name == "stop":
             stopping.set()
             return {"ok": True}
         if name == "status":
-            return {"ok": True, **proxy.status()}
-        result = getattr(proxy, name)(**command)
+            return {"ok": True, **proxies.status(**command)}
+        result = getattr(proxies, name)(**command)
         return {"ok": True, "result": result}
     except Exception as error:  # the control channel reports, it never dies
         return {"ok": False, "error": repr(error)}
@@ -284,26 +357,26 @@ class ProxyControl:
             raise RuntimeError(f"proxy command {cmd} failed: {answer.get('error')}")
         return answer
 
-    def delay(self, up_ms: float = 0.0, down_ms: float = 0.0) -> None:
-        self.call("delay", up_ms=up_ms, down_ms=down_ms)
+    def delay(self, up_ms: float = 0.0, down_ms: float = 0.0, group: str | None = None) -> None:
+        self.call("delay", up_ms=up_ms, down_ms=down_ms, group=group)
 
-    def cut(self) -> int:
-        return self.call("cut")["result"]
+    def cut(self, group: str | None = None) -> int:
+        return self.call("cut", group=group)["result"]
 
-    def refuse(self, on: bool = True) -> None:
-        self.call("refuse", on=on)
+    def refuse(self, on: bool = True, group: str | None = None) -> None:
+        self.call("refuse", on=on, group=group)
 
-    def half_open(self, mode: str | None) -> None:
-        self.call("half_open", mode=mode)
+    def half_open(self, mode: str | None, group: str | None = None) -> None:
+        self.call("half_open", mode=mode, group=group)
 
-    def status(self) -> dict[str, Any]:
-        return self.call("status")
+    def status(self, group: str | None = None) -> dict[str, Any]:
+        return self.call("status", group=group)
 
-    def reset(self) -> None:
+    def reset(self, group: str | None = None) -> None:
         """No delay, no refusal, no half-open connections (current connections stay)."""
-        self.delay(0, 0)
-        self.refuse(False)
-        self.half_open(None)
+        self.delay(0, 0, group)
+        self.refuse(False, group)
+        self.half_open(None, group)
 
     def close(self) -> None:
         self._stream.close()
@@ -312,11 +385,18 @@ class ProxyControl:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--target", type=int, required=True)
+    parser.add_argument("--port", type=int, help="listen on 127.0.0.1:PORT (one route)")
+    parser.add_argument("--target", type=int, help="forward to 127.0.0.1:TARGET (with --port)")
+    parser.add_argument("--routes", help="JSON list of routes instead (see serve)")
     parser.add_argument("--control", type=int, required=True)
     args = parser.parse_args(argv)
-    serve(args.port, args.target, args.control)
+    if args.routes:
+        routes = json.loads(args.routes)
+    elif args.port and args.target:
+        routes = [{"port": args.port, "target": args.target}]
+    else:
+        parser.error("give --port and --target, or --routes")
+    serve(routes, args.control)
     sys.exit(0)
 
 
