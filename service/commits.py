@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from models import IdempotencyRecord, db
 from models.idempotency import MARKER_OWNER, MARKER_PREFIX
+from service import invalidation
 from service.errors import ServiceUnavailable
 from service.extension import services
 
@@ -58,6 +59,7 @@ def commit_write(before_commit: Callable[[], None] | None = None) -> None:
         session.commit()
     except Exception as error:
         log.warning("commit raised (%s); asking the database whether it landed", type(error).__name__)
+        rows = session.info.get(invalidation.ROWS, ())  # the rollback below forgets them
         safe_rollback()
         committed = verify(marker, backend_pid)
         retry = {"Retry-After": str(current_app.config["DB_RETRY_AFTER_SECONDS"])}
@@ -69,7 +71,7 @@ def commit_write(before_commit: Callable[[], None] | None = None) -> None:
         if not committed:
             raise WriteNotMade("Database unavailable, the write was not made; try again", headers=retry) from None
         log.warning("commit raised but the write is in the database: answering success")
-        services().outbox.after_write()  # after_commit did not run: deliver its outbox rows now
+        services().outbox.after_write(rows)  # after_commit did not run: deliver its outbox rows now
 
 
 def safe_rollback() -> None:

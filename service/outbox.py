@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from sqlalchemy import Engine, bindparam, text
 
@@ -103,18 +103,31 @@ class Outbox:
             if len(rows) < self.batch:
                 return True
 
-    def after_write(self) -> None:
+    def undelivered(self, conn: Any) -> list[Row]:
+        """The newest undelivered rows as `conn` sees them (a writer's own, before its commit, among them)."""
+        return conn.execute(text("SELECT id, user_id, flyer_id FROM cache_outbox WHERE delivered = :no"
+                                 " ORDER BY id DESC LIMIT :n"), {"no": False, "n": self.batch}).all()
+
+    def after_write(self, rows: Sequence[Row] = ()) -> None:
         """Deliver what the write just committed before it answers; never raises.
 
         If Redis cannot take it within the write deadline, the rows stay in the outbox
-        and every other process delivers them (suspending its reads meanwhile).
+        and every other process delivers them (suspending its reads meanwhile). If the
+        database cannot be read (it went down right after the commit), `rows` (read just
+        before the commit) are delivered instead; they stay undelivered in the table, and
+        the deliverers deliver them again once it is back.
         """
         try:
             if not self.deliver_pending(timeout=self.write_timeout):
                 log.warning("cache: invalidation not delivered within %.1f s; left in the outbox",
                             self.write_timeout)
         except Exception:  # the write has committed: its answer must not turn into an error
-            log.warning("cache: could not read the outbox after a write", exc_info=True)
+            key_list, generations, families = plan(rows)
+            if rows and self.cache.invalidate(keys=key_list, generations=generations, families=families,
+                                              timeout=self.write_timeout):
+                log.warning("cache: outbox unreadable after a write; delivered the rows read before its commit")
+            else:
+                log.warning("cache: could not read the outbox after a write", exc_info=True)
 
     def replay_window(self) -> None:
         """Deliver again every row of the retention window (epoch repair); raises if it cannot.

@@ -3,6 +3,7 @@ import time
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from cache import EPOCH_KEY, keys
 from models import CacheOutbox, db
@@ -77,6 +78,24 @@ def test_a_write_through_the_api_has_delivered_its_rows_when_it_answers(app, cli
     stored = redis_client.hget(keys.profile_key(user_id), "http://localhost")  # refilled by the answer, if at all
     assert all(delivered for _, _, delivered in outbox_rows(app))
     assert stored is None or b'"bio":"new"' in stored
+
+
+def test_a_write_whose_database_goes_down_after_the_commit_still_invalidates_before_it_answers(
+        app, client, register, redis_client, monkeypatch):
+    user_id, headers = register("alice")
+    client.get(f"/api/v1/users/{user_id}/profile")
+    assert redis_client.exists(keys.profile_key(user_id))
+    outbox = services(app).outbox
+
+    def database_gone(**kwargs):
+        raise OperationalError("SELECT", {}, Exception("server closed the connection unexpectedly"))
+    monkeypatch.setattr(outbox, "deliver_pending", database_gone)
+
+    response = client.patch("/api/v1/users/me/profile", json={"bio": "just before the crash"}, headers=headers)
+
+    assert response.status_code == 200
+    assert not redis_client.exists(keys.profile_key(user_id))
+    assert outbox_rows(app)[-1][2] is False  # delivered again by the deliverers once the database is back
 
 
 def test_a_write_that_cannot_reach_redis_still_answers_and_leaves_its_rows_pending(app, client, register,
