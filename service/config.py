@@ -97,7 +97,8 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "IDEMPOTENCY_TTL_SECONDS": int(env.get("IDEMPOTENCY_TTL_SECONDS", str(24 * 3600))),
         "IDEMPOTENCY_LEASE_SECONDS": int(env.get("IDEMPOTENCY_LEASE_SECONDS", "35")),
         "IDEMPOTENCY_PURGE_INTERVAL": float(env.get("IDEMPOTENCY_PURGE_INTERVAL", "60")),
-        # No ping per checkout: service.database pings connections idle for DB_PING_IDLE_SECONDS.
+        # service.database pings on checkout instead: always for sessions, for the cache's
+        # read-only loads only connections idle for DB_PING_IDLE_SECONDS.
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": False},
         "DB_PING_IDLE_SECONDS": float(env.get("DB_PING_IDLE_SECONDS", "1")),
     }

@@ -1,26 +1,41 @@
-"""Pool liveness: ping a connection only when it has been idle for a while.
+"""Pool liveness: writes ping every connection they take; read-only loads only one idle for a while.
 
-``pool_pre_ping`` costs a round trip on every checkout, that is on every request that touches
-SQL. A connection in steady use was alive a moment ago; the ones that die unnoticed are mostly
-the idle ones (a server restart or an idle timeout during a quiet spell). So the pool pings a
-connection on checkout only when it has been idle in the pool for ``DB_PING_IDLE_SECONDS`` or
-more (0: always, as ``pool_pre_ping`` did); a dead one is replaced before the request sees it.
-A connection that died within that window fails its statement instead: SQLAlchemy then drops
-it and every older connection of the pool, and the read-only loads (service.reads.read_only)
-run once more on a fresh one.
+``pool_pre_ping`` costs a round trip on every checkout. A session (a write, or a read the
+Flask views make) keeps it: a write that meets a dead connection could only answer 503, so
+each of its checkouts is pinged and a dead connection replaced first. The cache's miss loads
+(``service.reads.read_only``, inside ``read_only_checkouts()``) skip the ping unless the
+connection has been idle in the pool for ``DB_PING_IDLE_SECONDS`` or more (0: always): a
+connection in steady use was alive a moment ago, the ones that die unnoticed are mostly idle
+ones (a server restart or an idle timeout during a quiet spell). A connection that died within
+that window fails the load's statement instead; the load then marks it and every older
+connection of the pool invalid (as SQLAlchemy does for a session) and runs once more on a
+fresh one.
 """
 from __future__ import annotations
 
+import threading
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from sqlalchemy import Engine, event, exc
 
 _IDLE_SINCE = "profile_service.idle_since"
+_read_only = threading.local()
+
+
+@contextmanager
+def read_only_checkouts() -> Iterator[None]:
+    """Checkouts made inside skip the ping of a connection idle for less than ``DB_PING_IDLE_SECONDS``."""
+    _read_only.on = True
+    try:
+        yield
+    finally:
+        _read_only.on = False
 
 
 def ping_idle_connections(engine: Engine, idle_seconds: float) -> None:
-    """Ping on checkout the connections of ``engine``'s pool idle for at least ``idle_seconds``."""
+    """Ping on checkout every connection of ``engine``'s pool, but for read-only loads only idle ones."""
     clock = time.monotonic
 
     @event.listens_for(engine, "checkin")
@@ -29,9 +44,10 @@ def ping_idle_connections(engine: Engine, idle_seconds: float) -> None:
 
     @event.listens_for(engine, "checkout")
     def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        since = record.info.get(_IDLE_SINCE)
-        if since is not None and clock() - since < idle_seconds:
-            return
+        if getattr(_read_only, "on", False):
+            since = record.info.get(_IDLE_SINCE)
+            if since is not None and clock() - since < idle_seconds:
+                return
         try:
             engine.dialect.do_ping(dbapi_connection)
         except engine.dialect.loaded_dbapi.Error as error:

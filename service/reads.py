@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from cache import NOT_FOUND, Claim, Entry, Loaded, keys
 from cache.entries import from_loaded
 from models import db, queries
+from service.database import read_only_checkouts
 from service.audit import Job
 from service.extension import services
 from service.representations import encode, flyer_json, media_prefix, page_json, profile_json
@@ -109,20 +110,22 @@ def read_only(load: Callable[[Any], Any]) -> Any:
     autocommit = _AUTOCOMMIT.get(engine)
     if autocommit is None:
         autocommit = _AUTOCOMMIT[engine] = engine.execution_options(isolation_level="AUTOCOMMIT")
-    try:
-        with autocommit.connect() as conn:
+    with read_only_checkouts():
+        try:
+            with autocommit.connect() as conn:
+                return load(conn)
+        except DBAPIError as error:
+            if not error.connection_invalidated:
+                raise
+        with autocommit.connect() as conn:  # the pool dropped the dead connections it had
             return load(conn)
-    except DBAPIError as error:
-        if not error.connection_invalidated:
-            raise
-    with autocommit.connect() as conn:  # the pool dropped the dead connections it had
-        return load(conn)
 
 
 def _read_only_psycopg(engine: Engine, load: Callable[[Any], Any]) -> Any:
     for attempt in (1, 2):
         try:
-            pooled = engine.raw_connection()
+            with read_only_checkouts():
+                pooled = engine.raw_connection()
         except psycopg.Error as error:  # no connection at all: as Engine.connect() raises it
             raise _wrapped(engine, error, dead=False) from error
         conn = pooled.driver_connection
@@ -135,8 +138,8 @@ def _read_only_psycopg(engine: Engine, load: Callable[[Any], Any]) -> Any:
                     conn.autocommit = False  # as the pool and the sessions expect it back
         except psycopg.Error as error:
             dead = engine.dialect.is_disconnect(error, conn, None)
-            if dead:
-                pooled.invalidate(error)
+            if dead:  # this one and every older connection of the pool, as a session's error does
+                engine.pool._invalidate(pooled, error)
             if not dead or attempt == 2:
                 raise _wrapped(engine, error, dead=dead) from error
         finally:

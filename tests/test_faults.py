@@ -155,3 +155,45 @@ class TestWithTheOutboxDeliverer:
         redis_server.connected = True
 
         assert client.get(f"/api/v1/users/{user_id}/flyers").json["count"] == 1
+
+
+@pytest.fixture
+def kill_pooled_backends(app, database_url):
+    """Fill the pool with three connections, then terminate their server processes (PostgreSQL only)."""
+    if not database_url.startswith("postgres"):
+        pytest.skip("terminating a backend is a PostgreSQL fault")
+    import psycopg
+
+    def kill():
+        with app.app_context():
+            engine = db.engine
+        pooled = [engine.raw_connection() for _ in range(3)]
+        pids = [conn.driver_connection.execute("SELECT pg_backend_pid()").fetchone()[0] for conn in pooled]
+        for conn in pooled:
+            conn.driver_connection.rollback()
+            conn.close()  # back in the pool, idle for less than DB_PING_IDLE_SECONDS
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            for pid in pids:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        time.sleep(0.2)
+    return kill
+
+
+def test_a_miss_whose_pooled_connections_were_all_killed_is_answered_from_a_fresh_one(
+        client, register, redis_client, kill_pooled_backends):
+    user_id, _ = register("alice")
+    redis_client.flushdb()
+    kill_pooled_backends()
+
+    response = client.get(f"/api/v1/users/{user_id}/profile")
+
+    assert response.status_code == 200
+
+
+def test_a_write_whose_pooled_connections_were_all_killed_is_made(client, register, kill_pooled_backends):
+    _, headers = register("alice")
+    kill_pooled_backends()
+
+    response = client.patch("/api/v1/users/me/profile", json={"bio": "after the kill"}, headers=headers)
+
+    assert response.status_code == 200 and response.json["bio"] == "after the kill"
