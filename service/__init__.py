@@ -56,6 +56,7 @@ def create_app(config: Mapping[str, Any] | None = None, *, redis_client: Any = N
     app.config.update(load_config())
     app.config.update(config or {})
     app.url_map.strict_slashes = False
+    app.url_map.merge_slashes = False  # "//" would answer a 308 redirect with an HTML body; it is a 404 like any unknown path
     app.url_map.converters["id"] = IdConverter
     app.json.sort_keys = False
     app.session_interface = NoSessions()

@@ -336,3 +336,13 @@ def test_openapi_lists_the_edges_answers_on_every_operation(client):
             if "requestBody" in operation:
                 assert "413" in operation["responses"], (method, path)
     assert paths["/api/v1/flyers/{flyer_id}"]["get"]["parameters"][0]["schema"]["maximum"] == MAX_ID
+
+
+@pytest.mark.parametrize("path", ["/api/v1/users/{uid}//profile", "/api/v1/users/{uid}/flyers//",
+                                  "//api/v1/users/{uid}/profile"])
+def test_a_path_with_a_doubled_slash_is_404_json_not_a_redirect(client, register, path):
+    user_id, _ = register("alice")
+
+    response = client.get(path.format(uid=user_id))
+
+    assert response.status_code == 404 and response.is_json
