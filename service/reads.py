@@ -100,9 +100,9 @@ def read_only(load: Callable[[Any], Any]) -> Any:
     round trips only), once more on a fresh connection if the first one turns out dead.
 
     On PostgreSQL ``load`` gets the pool connection's psycopg connection itself
-    (``models.queries.Psycopg``), elsewhere a SQLAlchemy connection. The pool does not ping a connection it
-    hands out (service.database pings only one idle for long); a read-only load can simply be
-    run again instead.
+    (``models.queries.Psycopg``), elsewhere a SQLAlchemy connection. The pool pings a
+    connection it hands out here only if it was idle for long (``service.database``): a
+    read-only load can simply be run again instead.
     """
     engine = db.engine
     if engine.dialect.driver == "psycopg":
