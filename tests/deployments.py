@@ -248,3 +248,17 @@ def redis_cluster(tmp_path_factory) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.processes.stop_all()
+
+
+def close_app(app: Any) -> None:
+    """Stop an app's outbox deliverer and close its Redis (scripts, near cache, client) and database connections."""
+    from cache.client import close_client
+    from service.testing import dispose_app
+
+    services = app.extensions["profile_service"]
+    services.outbox.stop()
+    services.cache._scripts.close()
+    if services.cache.near is not None:
+        services.cache.near.close()
+    close_client(services.redis)
+    dispose_app(app)

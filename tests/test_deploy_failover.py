@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from models import db
-from cache.client import close_client
 from service import create_app
 from service.testing import create_tables, register_user, service_config
+from tests.deployments import close_app
 
 pytestmark = pytest.mark.tdd_green
 
@@ -56,15 +56,7 @@ def _instances(tmp_path, redis_settings, count=2):
 
 def _dispose(apps):
     for app in apps:
-        services = app.extensions["profile_service"]
-        services.outbox.stop()
-        services.cache._scripts.close()
-        if services.cache.near is not None:
-            services.cache.near.close()
-        close_client(services.redis)
-        with app.app_context():
-            db.session.remove()
-            db.engine.dispose()
+        close_app(app)
 
 
 def _check(apps, failover, *, before: float = 2.0, after: float = 3.0, username: str = "checked") -> Tally:

@@ -311,7 +311,8 @@ def test_a_repair_that_cannot_replay_is_a_redis_error_and_the_read_bypasses_the_
 def test_cache_stats_in_sentinel_mode_cover_every_instance_sharing_the_redis(tmp_path, sentinel_group):
     """Sentinel mode needs no REDIS_URL; that must not read as the embedded, this-process-only cache."""
     from service import create_app
-    from service.testing import create_tables, dispose_app, service_config
+    from service.testing import create_tables, service_config
+    from tests.deployments import close_app
 
     app = create_app(service_config(database_url=f"sqlite:///{tmp_path / 'stats.db'}", REDIS_MODE="sentinel",
                                     REDIS_SENTINELS=sentinel_group.sentinels,
@@ -320,13 +321,7 @@ def test_cache_stats_in_sentinel_mode_cover_every_instance_sharing_the_redis(tmp
     try:
         stats = app.test_client().get("/api/v1/cache/stats").json
     finally:
-        services = app.extensions["profile_service"]
-        services.outbox.stop()
-        services.cache._scripts.close()
-        if services.cache.near is not None:
-            services.cache.near.close()
-        close_client(services.redis)
-        dispose_app(app)
+        close_app(app)
 
     assert stats["scope"] == "all instances sharing the Redis" and stats["redis"] is True
 

@@ -173,6 +173,17 @@ class Result:
             text += "; e.g. " + " | ".join(self.details[:3])
         return text
 
+    def answer_problems(self) -> list[str]:
+        """What the answers broke: stale reads, 5xx, answers neither expected nor JSON."""
+        problems = []
+        if self.stale:
+            problems.append(f"{self.stale} stale reads")
+        if self.status_5xx or self.write_5xx:
+            problems.append(f"{self.status_5xx + self.write_5xx} 5xx answers")
+        if self.non_json or self.other_status:
+            problems.append(f"{self.non_json + self.other_status} unexpected answers")
+        return problems
+
 
 class Checker:
     """Writes through `writer_url`, reads through `reader_urls` (one thread each), judges afterwards.

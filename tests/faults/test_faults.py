@@ -59,13 +59,7 @@ def report(name: str, result: Result, after: Result, recovery: float | None, **e
 def assert_exact(result: Result, after: Result, line: str, *, min_checked: int = MIN_CHECKED,
                  recovery: float | None, connection_errors_on: str = "") -> None:
     """0 stale, 0 5xx, only JSON answers, enough reads judged after the fault; the hit rate came back."""
-    problems = []
-    if result.stale:
-        problems.append(f"{result.stale} stale reads")
-    if result.status_5xx or result.write_5xx:
-        problems.append(f"{result.status_5xx + result.write_5xx} 5xx answers")
-    if result.non_json or result.other_status:
-        problems.append(f"{result.non_json + result.other_status} unexpected answers")
+    problems = result.answer_problems()
     unexpected_errors = sum(n for target, n in result.conn_errors_by_target.items()
                             if target not in connection_errors_on)
     if unexpected_errors or (result.write_errors and "A" not in connection_errors_on):

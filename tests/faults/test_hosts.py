@@ -164,13 +164,7 @@ def report(result: Result, figures: dict[str, object]) -> None:
 
 def assert_exact(result: Result, figures: dict[str, object]) -> None:
     """0 stale, 0 5xx, only the expected answers, no connection errors, enough reads judged."""
-    problems = []
-    if result.stale:
-        problems.append(f"{result.stale} stale reads")
-    if result.status_5xx or result.write_5xx:
-        problems.append(f"{result.status_5xx + result.write_5xx} 5xx answers")
-    if result.non_json or result.other_status:
-        problems.append(f"{result.non_json + result.other_status} unexpected answers")
+    problems = result.answer_problems()
     if result.conn_errors or result.write_errors:
         problems.append(f"{result.conn_errors + result.write_errors} connection errors")
     if result.checked < MIN_CHECKED:
