@@ -35,11 +35,33 @@ class Tally:
     near_hits: int = 0
     slowest_write: float = 0.0
     write_seconds: float = 0.0  # all writes together
+    examples: list[str] = field(default_factory=list)
 
     @property
     def mean_write(self) -> float:
         return self.write_seconds / max(1, self.writes)
-    examples: list[str] = field(default_factory=list)
+
+    def judge(self, name: str, floor: int, where: str = "") -> None:
+        """A read that saw display name `name` after write v`floor` had answered: stale if older."""
+        seen = int(name[1:]) if name and name.startswith("v") else 0
+        if seen < floor:
+            self.stale += 1
+            if len(self.examples) < 5:
+                self.examples.append(f"{where}read {name} after v{floor} was answered")
+
+
+def _around(failover, threads: list[threading.Thread], stop: threading.Event, before: float, after: float) -> None:
+    """Run the checker's threads, fail over `before` s in, stop them `after` s later."""
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(before)
+        failover()
+        time.sleep(after)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
 
 
 def _instances(tmp_path, redis_settings, count=2):
@@ -97,24 +119,10 @@ def _check(apps, failover, *, before: float = 2.0, after: float = 3.0, username:
                 if response.status_code >= 500:
                     tally.server_errors += 1
                     continue
-                name = response.json["display_name"]
-                seen = int(name[1:]) if name and name.startswith("v") else 0
-                if seen < floor:
-                    tally.stale += 1
-                    if len(tally.examples) < 5:
-                        tally.examples.append(f"read {name} after v{floor} was answered")
+                tally.judge(response.json["display_name"], floor)
 
-    threads = [threading.Thread(target=write)] + [threading.Thread(target=read, args=(c,)) for c in readers]
-    for thread in threads:
-        thread.start()
-    try:
-        time.sleep(before)
-        failover()
-        time.sleep(after)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(30)
+    _around(failover, [threading.Thread(target=write)] + [threading.Thread(target=read, args=(c,)) for c in readers],
+            stop, before, after)
     results = [app.extensions["profile_service"].cache.stats.snapshot()["requests"].get("profile", {}) for app in apps]
     tally.hits = sum(r.get("hit", 0) for r in results)
     tally.near_hits = sum(r.get("near_hit", 0) for r in results)
@@ -340,24 +348,10 @@ def _http_check(instances, failover, *, before: float = 2.0, after: float = 3.0)
                 if status >= 500:
                     tally.server_errors += 1
                     continue
-                name = profile["display_name"]
-                seen = int(name[1:]) if name and name.startswith("v") else 0
-                if seen < floor:
-                    tally.stale += 1
-                    if len(tally.examples) < 5:
-                        tally.examples.append(f"port {instance.port} read {name} after v{floor} was answered")
+                tally.judge(profile["display_name"], floor, f"port {instance.port} ")
 
-    threads = [threading.Thread(target=write)] + [threading.Thread(target=read, args=(i,)) for i in instances * 2]
-    for thread in threads:
-        thread.start()
-    try:
-        time.sleep(before)
-        failover()
-        time.sleep(after)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(30)
+    _around(failover, [threading.Thread(target=write)]
+            + [threading.Thread(target=read, args=(i,)) for i in instances * 2], stop, before, after)
     return tally
 
 
