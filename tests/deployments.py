@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -68,12 +69,28 @@ class SentinelGroup:
                 and all(len(self.sentinel(n).sentinel_sentinels(self.master)) == len(self.sentinel_ports) - 1
                         for n in range(len(self.sentinel_ports))))
 
-    def failover(self, timeout: float = 30.0) -> int:
-        """SENTINEL FAILOVER and wait until the other node is the primary everywhere; its port."""
+    def failover(self, timeout: float = 60.0) -> int:
+        """SENTINEL FAILOVER and wait until the other node is the primary everywhere; its port.
+
+        Asked again every failover-timeout (10 s): a sentinel aborts a failover whose replica it
+        does not judge good yet (one restarted moments ago) and does not try it again by itself.
+        """
         old = self.primary_port()
-        self.sentinel().execute_command("SENTINEL", "FAILOVER", self.master)
-        wait_until(lambda: self.primary_port() != old and self.settled(), timeout, "Sentinel failover")
-        return self.primary_port()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sentinel().execute_command("SENTINEL", "FAILOVER", self.master)
+            except redis.ResponseError:
+                pass  # INPROG (one is running) or NOGOODSLAVE (the replica is not ready): wait, then ask again
+            attempt = min(10.0, deadline - time.monotonic())
+            if attempt <= 0:
+                pytest.fail(f"Sentinel failover not reached within {timeout} s")
+            try:
+                wait_until(lambda: self.primary_port() != old and self.settled(), attempt, "Sentinel failover")
+                return self.primary_port()
+            except pytest.fail.Exception:
+                if time.monotonic() >= deadline:
+                    raise
 
     def flush(self) -> None:
         self.node(self.primary_port()).flushall()
